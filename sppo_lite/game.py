@@ -1,0 +1,331 @@
+"""Preference games on a finite response set: the exact picture behind SPPO.
+
+A preference matrix P has P[i, j] = P(y_i ≻ y_j), P + Pᵀ = 1 and diagonal 1/2.
+A policy is a probability vector π over the responses. Everything here is numpy.
+
+    P(y ≻ π)          = (P @ π)[y]
+    exploitability(π) = max_y P(y ≻ π) − 1/2          (0 exactly at a Nash policy)
+    SPPO (exact)      : π_{t+1} ∝ π_t · exp(η · P @ π_t)    (multiplicative weights / Hedge)
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linprog, minimize
+from scipy.special import expit, logsumexp
+
+__all__ = [
+    "validate_preference", "validate_policy",
+    "rock_paper_scissors", "weighted_cycle", "bradley_terry", "random_preference",
+    "cyclic_tournament", "transitive_plus_cyclic",
+    "win_probs", "exploitability", "nash_equilibrium", "log_partition",
+    "sppo_dynamics", "sampled_sppo_dynamics", "running_average",
+    "iterative_dpo_dynamics", "fit_bradley_terry", "bradley_terry_argmax", "nash_md_dynamics",
+]
+
+
+# ---------------------------------------------------------------- validation
+
+def validate_preference(P, atol: float = 1e-6) -> np.ndarray:
+    """Return P as a float array; ValueError unless square, finite, in [0, 1] and P + Pᵀ = 1."""
+    P = np.asarray(P, dtype=float)
+    if P.ndim != 2 or P.shape[0] != P.shape[1]:
+        raise ValueError(f"preference matrix must be square (n×n), got shape {P.shape}")
+    if P.shape[0] < 1:
+        raise ValueError("preference matrix is empty: it needs at least one response")
+    if not np.all(np.isfinite(P)):
+        raise ValueError("preference matrix holds NaN or inf: every entry must be a probability")
+    if P.min() < -atol or P.max() > 1 + atol:
+        raise ValueError(
+            f"preference matrix entries must lie in [0, 1], found min {P.min():.4g}, max {P.max():.4g}")
+    err = np.abs(P + P.T - 1.0)
+    if err.max() > atol:
+        i, j = np.unravel_index(err.argmax(), err.shape)
+        if i == j:
+            raise ValueError(
+                f"preference matrix diagonal must be 1/2 (a response ties with itself), "
+                f"found P[{i},{i}] = {P[i, i]:.4g}")
+        raise ValueError(
+            f"preference matrix must satisfy P + Pᵀ = 1: P[{i},{j}] + P[{j},{i}] = "
+            f"{P[i, j] + P[j, i]:.4g}")
+    return P
+
+
+def validate_policy(pi, n: int | None = None, atol: float = 1e-6) -> np.ndarray:
+    """Return π as a float array; ValueError unless it is a probability vector (of length n)."""
+    pi = np.asarray(pi, dtype=float)
+    if pi.ndim != 1:
+        raise ValueError(f"policy must be a 1-D probability vector, got shape {pi.shape}")
+    if n is not None and pi.shape[0] != n:
+        raise ValueError(f"policy has {pi.shape[0]} entries but the game has {n} responses")
+    if not np.all(np.isfinite(pi)) or pi.min() < -atol or abs(pi.sum() - 1.0) > atol:
+        raise ValueError(f"policy must be non-negative and sum to 1, got {np.round(pi, 6)}")
+    return np.clip(pi, 0.0, None) / np.clip(pi, 0.0, None).sum()
+
+
+# ---------------------------------------------------------------- games
+
+def weighted_cycle(a: float = 0.9, b: float = 0.5, c: float = 0.3) -> np.ndarray:
+    """Weighted rock-paper-scissors: 0 beats 1 by margin a, 1 beats 2 by c, 2 beats 0 by b.
+
+    P[0,1] = (1+a)/2, P[1,2] = (1+c)/2, P[2,0] = (1+b)/2. Each margin belongs to one pair in
+    lexicographic order (a: {0,1}, b: {0,2}, c: {1,2}), and the Nash weight of each response is
+    the margin of the match it does not play: π* ∝ (c, b, a).
+    """
+    for name, m in (("a", a), ("b", b), ("c", c)):
+        if not 0 < m <= 1:
+            raise ValueError(f"cycle margin {name} must lie in (0, 1], got {m}")
+    P = np.full((3, 3), 0.5)
+    for (w, l), m in (((0, 1), a), ((1, 2), c), ((2, 0), b)):
+        P[w, l], P[l, w] = (1 + m) / 2, (1 - m) / 2
+    return P
+
+
+def rock_paper_scissors() -> np.ndarray:
+    """Rock (0), paper (1), scissors (2): paper beats rock, scissors beat paper, rock beats scissors.
+
+    Every win is certain (P ∈ {0, 1/2, 1}); the Nash is uniform and no response is safe.
+    """
+    return np.array([[0.5, 0.0, 1.0],
+                     [1.0, 0.5, 0.0],
+                     [0.0, 1.0, 0.5]])
+
+
+def bradley_terry(scores) -> np.ndarray:
+    """Transitive game from scalar rewards: P[i, j] = σ(s_i − s_j). Nash: the top response."""
+    s = np.asarray(scores, dtype=float)
+    return expit(s[:, None] - s[None, :])
+
+
+def random_preference(n: int, seed: int = 0) -> np.ndarray:
+    """Random game: P[i, j] = (1 + A[i, j])/2 with A skew-symmetric, A[i<j] ~ U(−1, 1)."""
+    rng = np.random.default_rng(seed)
+    A = np.triu(rng.uniform(-1, 1, size=(n, n)), k=1)
+    return 0.5 + (A - A.T) / 2
+
+
+def cyclic_tournament(n: int = 5) -> np.ndarray:
+    """Rotational tournament on odd n: i beats the (n−1)/2 responses after it (mod n). Nash: uniform."""
+    if n < 3 or n % 2 == 0:
+        raise ValueError(f"cyclic_tournament needs an odd n >= 3, got {n}")
+    P = np.full((n, n), 0.5)
+    for i in range(n):
+        for k in range(1, (n - 1) // 2 + 1):
+            P[i, (i + k) % n], P[(i + k) % n, i] = 1.0, 0.0
+    return P
+
+
+def transitive_plus_cyclic(scores=(0.0, 0.3, 0.6, 0.9, 1.2), cycle_weight: float = 0.5) -> np.ndarray:
+    """Mix of a Bradley–Terry game and a rotational cycle: (1 − w)·BT(scores) + w·cycle.
+
+    w = 0 is purely transitive (Nash = best response), w = 1 purely cyclic (Nash uniform); in
+    between the Nash is mixed and differs from what any reward model fitted to P would pick.
+    """
+    if not 0 <= cycle_weight <= 1:
+        raise ValueError(f"cycle_weight must lie in [0, 1], got {cycle_weight}")
+    scores = np.asarray(scores, dtype=float)
+    return (1 - cycle_weight) * bradley_terry(scores) + cycle_weight * cyclic_tournament(len(scores))
+
+
+# ---------------------------------------------------------------- solution concepts
+
+def win_probs(P, pi) -> np.ndarray:
+    """P(y ≻ π) for every response y: the vector P @ π."""
+    P = np.asarray(P, dtype=float)
+    return P @ np.asarray(pi, dtype=float)
+
+
+def exploitability(P, pi) -> float:
+    """Duality gap max_y P(y ≻ π) − 1/2 ≥ 0; zero exactly at a Nash (von Neumann winner)."""
+    return float(np.max(win_probs(P, pi)) - 0.5)
+
+
+def nash_equilibrium(P) -> np.ndarray:
+    """A von Neumann winner π*: argmin_π max_y (P π)_y, solved as a linear program (value 1/2).
+
+    LP over (π, t): minimise t subject to P π ≤ t·1, Σ π = 1, π ≥ 0.
+    """
+    P = validate_preference(P)
+    n = P.shape[0]
+    c = np.r_[np.zeros(n), 1.0]
+    A_ub = np.c_[P, -np.ones(n)]
+    A_eq = np.r_[np.ones(n), 0.0][None, :]
+    res = linprog(c, A_ub=A_ub, b_ub=np.zeros(n), A_eq=A_eq, b_eq=[1.0],
+                  bounds=[(0, None)] * n + [(None, None)], method="highs")
+    if not res.success:  # cannot happen for a valid P (the game always has a value); kept loud
+        raise RuntimeError(f"linear program failed: {res.message}")
+    pi = np.clip(res.x[:n], 0.0, None)
+    return pi / pi.sum()
+
+
+def log_partition(P, pi, eta: float) -> float:
+    """log Z = log Σ_y π(y)·exp(η·P(y ≻ π)); SPPO replaces it by η/2 (exact when P(y ≻ π) ≡ 1/2)."""
+    pi = np.asarray(pi, dtype=float)
+    with np.errstate(divide="ignore"):
+        return float(logsumexp(np.log(pi) + eta * win_probs(P, pi)))
+
+
+# ---------------------------------------------------------------- SPPO dynamics
+
+def _start(P, pi0):
+    n = P.shape[0]
+    pi0 = np.full(n, 1.0 / n) if pi0 is None else validate_policy(pi0, n)
+    with np.errstate(divide="ignore"):
+        return np.log(pi0)
+
+
+def _normalise(logp):
+    return logp - logsumexp(logp)
+
+
+def sppo_dynamics(P, eta: float, steps: int, pi0=None) -> np.ndarray:
+    """Exact SPPO / multiplicative weights: π_{t+1} ∝ π_t·exp(η·P π_t). Returns (steps+1, n).
+
+    Computed on log-probabilities, so η·steps in the thousands neither overflows nor underflows.
+    """
+    P = validate_preference(P)
+    logp = _start(P, pi0)
+    out = np.empty((steps + 1, P.shape[0]))
+    out[0] = np.exp(logp)
+    for t in range(steps):
+        logp = _normalise(logp + eta * (P @ out[t]))
+        out[t + 1] = np.exp(logp)
+    return out
+
+
+def running_average(traj) -> np.ndarray:
+    """Average policy: row t is the uniform mixture of rows 0..t (sample a random past iterate)."""
+    traj = np.asarray(traj, dtype=float)
+    return np.cumsum(traj, axis=0) / np.arange(1, len(traj) + 1)[:, None]
+
+
+def _noisy_judge(P, rng, noise):
+    """The judge's view of P: P + N(0, noise²) above the diagonal, mirrored, clipped to [0, 1]."""
+    if noise <= 0:
+        return P
+    E = np.triu(rng.normal(0.0, noise, size=P.shape), k=1)
+    return np.clip(P + E - E.T, 0.0, 1.0)
+
+
+def _sample_win_rates(P, pi, K, rng, noise):
+    """K samples from π and P̂(y_k ≻ π) = (1/K) Σ_j P(y_k ≻ y_j), j = k included (official)."""
+    ys = rng.choice(len(pi), size=K, p=pi)
+    J = _noisy_judge(P, rng, noise)
+    return ys, J[np.ix_(ys, ys)].mean(axis=1)
+
+
+def sampled_sppo_dynamics(P, eta: float, steps: int, K: int = 5, pi0=None,
+                          judge_noise: float = 0.0, select: str = "all", seed: int = 0) -> np.ndarray:
+    """SPPO as run on language models, on a tabular policy: only *sampled* responses move.
+
+    Each step draws K responses from π_t, estimates P̂(y_k ≻ π_t) from the K×K judge matrix,
+    and solves the SPPO regression on the sample: log π_{t+1}(y_k) = log π_t(y_k) + η(P̂_k − 1/2)
+    (duplicates averaged), others unchanged, then renormalises. select="best_worst" trains only
+    on argmax/argmin of P̂ as the official pipeline does. Returns (steps+1, n).
+    """
+    P = validate_preference(P)
+    if K < 2:
+        raise ValueError(f"K must be at least 2 (a response needs opponents), got {K}")
+    if select not in ("all", "best_worst"):
+        raise ValueError(f"select must be 'all' or 'best_worst', got {select!r}")
+    rng = np.random.default_rng(seed)
+    logp = _start(P, pi0)
+    out = np.empty((steps + 1, P.shape[0]))
+    out[0] = np.exp(logp)
+    for t in range(steps):
+        ys, phat = _sample_win_rates(P, out[t], K, rng, judge_noise)
+        if select == "best_worst":
+            keep = [int(np.argmax(phat)), int(np.argmin(phat))]
+            ys, phat = ys[keep], phat[keep]
+        step = np.zeros_like(logp)
+        for y in np.unique(ys):
+            step[y] = eta * (phat[ys == y].mean() - 0.5)
+        logp = _normalise(logp + step)
+        out[t + 1] = np.exp(logp)
+    return out
+
+
+# ---------------------------------------------------------------- baselines
+
+def iterative_dpo_dynamics(P, beta: float, steps: int, K: int = 5, pi0=None, loss: str = "dpo",
+                           lr: float = 1.0, inner_steps: int = 1, judge_noise: float = 0.0,
+                           seed: int = 0) -> np.ndarray:
+    """Iterative DPO / IPO on a tabular softmax policy: each step, best vs worst of K samples.
+
+    The pair (y_w, y_l) = (argmax, argmin) of P̂ among K samples from π_t; reference = π_t.
+    DPO: `inner_steps` gradient steps (rate lr) on −log σ(β·gap); IPO: the exact minimiser of
+    (gap − 1/(2β))², i.e. logits of y_w and y_l pushed ±1/(4β). gap = Δ_w − Δ_l. Both only see the
+    pair's *gap*, never how good either response is against π_t. Returns (steps+1, n).
+    """
+    P = validate_preference(P)
+    if loss not in ("dpo", "ipo"):
+        raise ValueError(f"loss must be 'dpo' or 'ipo', got {loss!r}")
+    rng = np.random.default_rng(seed)
+    logp = _start(P, pi0)
+    out = np.empty((steps + 1, P.shape[0]))
+    out[0] = np.exp(logp)
+    for t in range(steps):
+        ys, phat = _sample_win_rates(P, out[t], K, rng, judge_noise)
+        w, l = ys[int(np.argmax(phat))], ys[int(np.argmin(phat))]
+        if w != l:
+            if loss == "ipo":
+                logp[w] += 1 / (4 * beta)
+                logp[l] -= 1 / (4 * beta)
+            else:
+                gap = 0.0
+                for _ in range(inner_steps):
+                    g = beta * expit(-beta * gap)  # −∂loss/∂logit_w = ∂loss/∂logit_l
+                    logp[w] += lr * g
+                    logp[l] -= lr * g
+                    gap += 2 * lr * g
+        logp = _normalise(logp)
+        out[t + 1] = np.exp(logp)
+    return out
+
+
+def fit_bradley_terry(P) -> np.ndarray:
+    """Reward scores s (mean 0) maximising Σ_{i≠j} P_ij·log σ(s_i − s_j): the best BT fit to P."""
+    P = validate_preference(P)
+    n = P.shape[0]
+    off = ~np.eye(n, dtype=bool)
+
+    def nll(s):
+        d = s[:, None] - s[None, :]
+        sig = expit(d)
+        f = -(P * np.log(np.clip(sig, 1e-300, None)))[off].sum() + 1e-6 * s @ s
+        G = -P * (1 - sig) * off  # ∂f/∂d_ij, each ordered pair on its own
+        return f, G.sum(axis=1) - G.sum(axis=0) + 2e-6 * s
+
+    s = minimize(nll, np.zeros(n), jac=True, method="L-BFGS-B").x
+    return s - s.mean()
+
+
+def bradley_terry_argmax(P, tol: float = 1e-6) -> np.ndarray:
+    """The policy an RLHF pipeline converges to as β → 0: all mass on argmax of the fitted BT reward.
+
+    Ties (within tol) share the mass, so a perfectly symmetric cycle gives the uniform policy.
+    """
+    s = fit_bradley_terry(P)
+    top = s >= s.max() - tol
+    return top / top.sum()
+
+
+def nash_md_dynamics(P, eta: float, steps: int, tau: float, pi_ref=None, pi0=None) -> np.ndarray:
+    """Nash-MD (Munos et al., 2023): regularised self-play that converges in the *last* iterate.
+
+    π_mix ∝ π_t^{1−τ}·π_ref^τ (geometric mixture toward the reference), then
+    π_{t+1} ∝ π_mix·exp(η·P π_mix). Its fixed point is the Nash of the KL-regularised game, which
+    tends to the Nash of P as τ → 0. tau = 0 is plain multiplicative weights on P. Returns (steps+1, n).
+    """
+    P = validate_preference(P)
+    if not 0 <= tau < 1:
+        raise ValueError(f"tau must lie in [0, 1), got {tau}")
+    n = P.shape[0]
+    log_ref = np.log(np.full(n, 1.0 / n) if pi_ref is None else validate_policy(pi_ref, n))
+    logp = _start(P, pi0)
+    out = np.empty((steps + 1, n))
+    out[0] = np.exp(logp)
+    for t in range(steps):
+        log_mix = _normalise((1 - tau) * logp + tau * log_ref)
+        logp = _normalise(log_mix + eta * (P @ np.exp(log_mix)))
+        out[t + 1] = np.exp(logp)
+    return out
