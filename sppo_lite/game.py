@@ -18,7 +18,7 @@ __all__ = [
     "rock_paper_scissors", "weighted_cycle", "bradley_terry", "random_preference",
     "cyclic_tournament", "transitive_plus_cyclic",
     "win_probs", "exploitability", "nash_equilibrium", "log_partition",
-    "sppo_dynamics", "sampled_sppo_dynamics", "running_average",
+    "sppo_dynamics", "sppo_regression_step", "sampled_sppo_dynamics", "running_average",
     "iterative_dpo_dynamics", "fit_bradley_terry", "bradley_terry_argmax", "nash_md_dynamics",
 ]
 
@@ -189,6 +189,32 @@ def sppo_dynamics(P, eta: float, steps: int, pi0=None) -> np.ndarray:
     for t in range(steps):
         logp = _normalise(logp + eta * (P @ out[t]))
         out[t + 1] = np.exp(logp)
+    return out
+
+
+def sppo_regression_step(P, pi, eta: float) -> np.ndarray:
+    """The policy that minimises the SPPO loss in expectation, over all policies on the support of π_t:
+
+        argmin_π E_{y~π_t}[(log π(y) − log π_t(y) − η(P(y ≻ π_t) − ½))²].
+
+    It equals the exact update π_t·exp(η·P π_t)/Z only when log Z = η/2; comparing the two shows
+    what the η/2 approximation costs. Solved by L-BFGS over logits (no closed form exists).
+    """
+    P = validate_preference(P)
+    pi = validate_policy(pi, P.shape[0])
+    s = pi > 0
+    w, log_t = pi[s], np.log(pi[s])
+    target = log_t + eta * (win_probs(P, pi)[s] - 0.5)
+
+    def loss(theta):
+        logq = theta - logsumexp(theta)
+        r = 2 * w * (logq - target)
+        return w @ (logq - target) ** 2, r - np.exp(logq) * r.sum()
+
+    theta = minimize(loss, target, jac=True, method="L-BFGS-B",
+                     options={"maxiter": 10_000, "ftol": 1e-15, "gtol": 1e-12}).x
+    out = np.zeros_like(pi)
+    out[s] = np.exp(theta - logsumexp(theta))
     return out
 
 

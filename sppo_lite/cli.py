@@ -1,0 +1,110 @@
+"""`sppo-lite` command line: toy, notebooks (more stages join as the pipeline grows)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def cmd_toy(args) -> int:
+    """SPPO on weighted rock-paper-scissors: last vs average iterate vs iterative DPO, one figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from sppo_lite import game, plots
+
+    P = game.weighted_cycle(args.a, args.b, args.c)
+    nash = game.nash_equilibrium(P)
+    start = np.array([0.6, 0.3, 0.1])
+    sppo = game.sppo_dynamics(P, args.eta, args.steps, pi0=start)
+    avg = game.running_average(sppo)
+    dpo = game.iterative_dpo_dynamics(P, beta=args.dpo_beta, steps=args.steps, K=5, pi0=start, seed=args.seed)
+    curves = {
+        "SPPO last iterate": [game.exploitability(P, p) for p in sppo],
+        "SPPO average iterate": [game.exploitability(P, p) for p in avg],
+        "iterative DPO (best vs worst of 5)": [game.exploitability(P, p) for p in dpo],
+        "Bradley–Terry argmax": [game.exploitability(P, game.bradley_terry_argmax(P))] * (args.steps + 1),
+    }
+
+    print(f"Weighted rock-paper-scissors (margins a={args.a}, b={args.b}, c={args.c}); "
+          f"Nash by LP = {np.round(nash, 3)}, start = {start}, η = {args.eta}")
+    names = list(curves)
+    print(f"{'step':>6} " + " ".join(f"{n[:22]:>22}" for n in names))
+    for t in sorted({0, 1, 10, 100, args.steps // 2, args.steps} & set(range(args.steps + 1))):
+        print(f"{t:>6} " + " ".join(f"{curves[n][t]:>22.4f}" for n in names))
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    plots.plot_simplex(axes[0], {"SPPO last": sppo, "SPPO average": avg, "iterative DPO": dpo},
+                       nash=nash, labels=("y0", "y1", "y2"))
+    axes[0].set_title("policies on the simplex")
+    plots.plot_exploitability(axes[1], curves)
+    axes[1].set_title("distance from Nash")
+    fig.tight_layout()
+    out = Path(args.output_dir)
+    path = plots.save_figure(fig, out, "toy_nash")
+    summary = {"nash": nash.tolist(), "eta": args.eta, "steps": args.steps,
+               **{k: v[-1] for k, v in curves.items()}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"\nThe average SPPO policy ends {curves['SPPO average iterate'][-1]:.4f} from Nash; "
+          f"the last iterate {curves['SPPO last iterate'][-1]:.4f}; iterative DPO "
+          f"{curves['iterative DPO (best vs worst of 5)'][-1]:.4f}.\nFigure: {path}")
+    return 0
+
+
+def cmd_notebooks(args) -> int:
+    """Run every notebook: SMOKE into --output-dir, or --full in place (refreshes committed outputs)."""
+    from sppo_lite.notebooks import notebook_paths, refresh_notebook, run_notebook
+
+    paths = [p for p in notebook_paths() if not args.only or any(s in p.name for s in args.only)]
+    if not paths:
+        print("no notebook matches --only " + " ".join(args.only), file=sys.stderr)
+        return 2
+    for p in paths:
+        t0 = time.time()
+        if args.full:
+            refresh_notebook(p)
+        else:
+            run_notebook(p, args.output_dir, smoke=True)
+        print(f"{p.name}: {time.time() - t0:.1f} s ({'full, in place' if args.full else 'SMOKE'})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sppo-lite", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    toy = sub.add_parser("toy", help="SPPO vs DPO on an intransitive toy game (seconds, CPU)")
+    toy.add_argument("--output-dir", default="outputs/toy")
+    toy.add_argument("--eta", type=float, default=1.0, help="SPPO step size η = 1/β")
+    toy.add_argument("--steps", type=int, default=1000)
+    toy.add_argument("--dpo-beta", type=float, default=0.5)
+    toy.add_argument("--a", type=float, default=0.9, help="margin of y0 over y1")
+    toy.add_argument("--b", type=float, default=0.5, help="margin of y2 over y0")
+    toy.add_argument("--c", type=float, default=0.3, help="margin of y1 over y2")
+    toy.add_argument("--seed", type=int, default=0)
+    toy.set_defaults(func=cmd_toy)
+
+    nb = sub.add_parser("notebooks", help="execute the notebooks (SMOKE, or --full in place)")
+    nb.add_argument("--full", action="store_true", help="full setting, outputs written into the .ipynb")
+    nb.add_argument("--output-dir", default="outputs/notebooks")
+    nb.add_argument("--only", nargs="*", default=[], help="substrings of notebook names to run")
+    nb.set_defaults(func=cmd_notebooks)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as err:  # user-fixable input: one line, no traceback
+        print(f"sppo-lite {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
