@@ -25,9 +25,9 @@ def cmd_toy(args) -> int:
     avg = game.running_average(sppo)
     dpo = game.iterative_dpo_dynamics(P, beta=args.dpo_beta, steps=args.steps, K=5, pi0=start, seed=args.seed)
     curves = {
-        "SPPO last iterate": [game.exploitability(P, p) for p in sppo],
-        "SPPO average iterate": [game.exploitability(P, p) for p in avg],
-        "iterative DPO (best vs worst of 5)": [game.exploitability(P, p) for p in dpo],
+        "SPPO last iterate": game.exploitability_curve(P, sppo),
+        "SPPO average iterate": game.exploitability_curve(P, avg),
+        "iterative DPO (best vs worst of 5)": game.exploitability_curve(P, dpo),
         "Bradley–Terry argmax": [game.exploitability(P, game.bradley_terry_argmax(P))] * (args.steps + 1),
     }
 
@@ -48,7 +48,7 @@ def cmd_toy(args) -> int:
     out = Path(args.output_dir)
     path = plots.save_figure(fig, out, "toy_nash")
     summary = {"nash": nash.tolist(), "eta": args.eta, "steps": args.steps,
-               **{k: v[-1] for k, v in curves.items()}}
+               **{k: float(v[-1]) for k, v in curves.items()}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"\nThe average SPPO policy ends {curves['SPPO average iterate'][-1]:.4f} from Nash; "
           f"the last iterate {curves['SPPO last iterate'][-1]:.4f}; iterative DPO "
@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     toy = sub.add_parser("toy", help="SPPO vs DPO on an intransitive toy game (seconds, CPU)")
+    toy.add_argument("--config", help="YAML file of defaults (configs/toy.yaml); flags override it")
     toy.add_argument("--output-dir", default="outputs/toy")
     toy.add_argument("--eta", type=float, default=1.0, help="SPPO step size η = 1/β")
     toy.add_argument("--steps", type=int, default=1000)
@@ -94,12 +95,38 @@ def build_parser() -> argparse.ArgumentParser:
     nb.add_argument("--output-dir", default="outputs/notebooks")
     nb.add_argument("--only", nargs="*", default=[], help="substrings of notebook names to run")
     nb.set_defaults(func=cmd_notebooks)
+    parser.subcommands = {"toy": toy, "notebooks": nb}
     return parser
 
 
+def load_config(path, parser: argparse.ArgumentParser, command: str) -> dict:
+    """Read a YAML config whose keys are the command's option names (dashes or underscores)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    cfg = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"config file {path} must be a YAML mapping of option: value")
+    sub = parser.subcommands[command]
+    known = {a.dest for a in sub._actions} - {"help", "config"}
+    cfg = {k.replace("-", "_"): v for k, v in cfg.items()}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f"config file {path}: unknown option(s) {', '.join(unknown)} for "
+                         f"'{command}'; known: {', '.join(sorted(known))}")
+    sub.set_defaults(**cfg)
+    return cfg
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        if getattr(args, "config", None):  # config gives defaults, command-line flags win
+            load_config(args.config, parser, args.command)
+            args = parser.parse_args(argv)
         return args.func(args)
     except ValueError as err:  # user-fixable input: one line, no traceback
         print(f"sppo-lite {args.command}: error: {err}", file=sys.stderr)

@@ -17,7 +17,7 @@ __all__ = [
     "validate_preference", "validate_policy",
     "rock_paper_scissors", "weighted_cycle", "bradley_terry", "random_preference",
     "cyclic_tournament", "transitive_plus_cyclic",
-    "win_probs", "exploitability", "nash_equilibrium", "log_partition",
+    "win_probs", "exploitability", "exploitability_curve", "nash_equilibrium", "log_partition",
     "sppo_dynamics", "sppo_regression_step", "sampled_sppo_dynamics", "running_average",
     "iterative_dpo_dynamics", "fit_bradley_terry", "bradley_terry_argmax", "nash_md_dynamics",
 ]
@@ -139,6 +139,11 @@ def exploitability(P, pi) -> float:
     return float(np.max(win_probs(P, pi)) - 0.5)
 
 
+def exploitability_curve(P, traj) -> np.ndarray:
+    """Exploitability of every row of a trajectory (T, n) at once: max over y of (traj @ Pᵀ) − 1/2."""
+    return np.max(np.asarray(traj, dtype=float) @ np.asarray(P, dtype=float).T, axis=1) - 0.5
+
+
 def nash_equilibrium(P) -> np.ndarray:
     """A von Neumann winner π*: argmin_π max_y (P π)_y, solved as a linear program (value 1/2).
 
@@ -174,7 +179,9 @@ def _start(P, pi0):
 
 
 def _normalise(logp):
-    return logp - logsumexp(logp)
+    """log-softmax of a 1-D vector (numpy only: scipy's logsumexp costs 10× more per call here)."""
+    m = logp.max()
+    return logp - (m + np.log(np.exp(logp - m).sum()))
 
 
 def sppo_dynamics(P, eta: float, steps: int, pi0=None) -> np.ndarray:
@@ -262,10 +269,9 @@ def sampled_sppo_dynamics(P, eta: float, steps: int, K: int = 5, pi0=None,
         if select == "best_worst":
             keep = [int(np.argmax(phat)), int(np.argmin(phat))]
             ys, phat = ys[keep], phat[keep]
-        step = np.zeros_like(logp)
-        for y in np.unique(ys):
-            step[y] = eta * (phat[ys == y].mean() - 0.5)
-        logp = _normalise(logp + step)
+        counts = np.bincount(ys, minlength=len(logp))
+        step = np.bincount(ys, weights=phat - 0.5, minlength=len(logp)) / np.maximum(counts, 1)
+        logp = _normalise(logp + eta * step)
         out[t + 1] = np.exp(logp)
     return out
 

@@ -36,6 +36,12 @@ def refresh_notebook(path) -> None:
     so a reader on the web sees the figures without running anything."""
     import papermill as pm
 
+    import nbformat
+
     path = Path(path)
     pm.execute_notebook(str(path), str(path), kernel_name="python3", cwd=str(path.parent),
                         progress_bar=False)
+    nb = nbformat.read(path, as_version=4)  # keep where it ran out of the committed file
+    for key in ("input_path", "output_path"):
+        nb.metadata.get("papermill", {}).pop(key, None)
+    nbformat.write(nb, path)

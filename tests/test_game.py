@@ -283,3 +283,22 @@ def test_sppo_regression_step_matches_exact_update_when_log_partition_is_eta_ove
     # Responses outside the support stay at zero.
     out = g.sppo_regression_step(P, [0.5, 0.5, 0.0], 1.0)
     assert out[2] == 0 and out.sum() == pytest.approx(1)
+
+
+def test_exploitability_curve_equals_pointwise():
+    P = g.random_preference(4, seed=2)
+    traj = g.sppo_dynamics(P, 1.0, 10)
+    np.testing.assert_allclose(g.exploitability_curve(P, traj), [g.exploitability(P, p) for p in traj])
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("eta", [0.05, 0.5, 2.0])
+def test_average_iterate_obeys_the_hedge_regret_bound(seed, eta):
+    # Self-play Hedge: P(π_t ≻ π_t) = 1/2, so exploitability(π̄_T) = regret_T / T
+    #   ≤ max_y log(1/π_0(y)) / (ηT) + η/8   (rewards in [0, 1]).
+    P = g.random_preference(6, seed=seed)
+    pi0 = np.random.default_rng(seed).dirichlet(np.ones(6))
+    traj = g.sppo_dynamics(P, eta, 300, pi0=pi0)
+    T = np.arange(1, 302)
+    bound = np.log(1 / pi0.min()) / (eta * T) + eta / 8
+    assert np.all(g.exploitability_curve(P, g.running_average(traj)) <= bound + 1e-12)
