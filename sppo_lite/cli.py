@@ -1,4 +1,10 @@
-"""`sppo-lite` command line: toy, notebooks (more stages join as the pipeline grows)."""
+"""`sppo-lite` command line.
+
+    sppo-lite toy                                    SPPO vs DPO on an intransitive toy game
+    sppo-lite iterate --config F --output-dir D      iterations 1..T: generate → judge → build → train
+    sppo-lite generate|judge|build|train --config F --output-dir D --iteration t
+    sppo-lite notebooks [--full]                     execute the notebooks
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +12,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+STAGE_NAMES = ("generate", "judge", "build", "train")  # as sppo_lite.loop.STAGES, without importing it
 
 
 def cmd_toy(args) -> int:
@@ -74,6 +82,24 @@ def cmd_notebooks(args) -> int:
     return 0
 
 
+def cmd_pipeline(args) -> int:
+    """One stage of one iteration, or (iterate) every stage of every iteration; resumable."""
+    from sppo_lite import loop
+
+    config = loop.load_config(args.config, args.set)
+    t0 = time.time()
+    if args.command == "iterate":
+        loop.run_all(config, args.output_dir, force=tuple(args.force or ()), iterations=args.iterations)
+        print(f"sppo-lite iterate: {args.iterations or config['iterations']} iteration(s) complete in "
+              f"{args.output_dir} ({time.time() - t0:.1f} s)")
+    else:
+        loop.quiet_datasets()
+        run = loop.Run(config, args.output_dir)
+        run.output_dir.mkdir(parents=True, exist_ok=True)
+        loop.STAGE_FUNCTIONS[args.command](run, args.iteration, force=args.force)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sppo-lite", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -95,7 +121,25 @@ def build_parser() -> argparse.ArgumentParser:
     nb.add_argument("--output-dir", default="outputs/notebooks")
     nb.add_argument("--only", nargs="*", default=[], help="substrings of notebook names to run")
     nb.set_defaults(func=cmd_notebooks)
-    parser.subcommands = {"toy": toy, "notebooks": nb}
+    subcommands = {"toy": toy, "notebooks": nb}
+    stage_help = {"generate": "K samples per prompt from π_t", "judge": "K×K win matrices from the judge",
+                  "build": "pairs, win rates and reference log-probs", "train": "SPPO training: π_t → π_{t+1}"}
+    for name, text in [("iterate", "all stages of iterations 1..T (resumable)"), *stage_help.items()]:
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("--config", required=True, help="YAML recipe, e.g. configs/cpu-tiny.yaml")
+        sp.add_argument("--output-dir", required=True, help="one folder per iteration and stage lands here")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set generation.k=8 (repeatable)")
+        if name == "iterate":
+            sp.add_argument("--iterations", type=int, help="run only iterations 1..N")
+            sp.add_argument("--force", nargs="*", choices=STAGE_NAMES, metavar="STAGE",
+                            help="redo these stages even if finished")
+        else:
+            sp.add_argument("--iteration", type=int, default=1, help="SPPO iteration t (default 1)")
+            sp.add_argument("--force", action="store_true", help="redo the stage even if finished")
+        sp.set_defaults(func=cmd_pipeline)
+        subcommands[name] = sp
+    parser.subcommands = subcommands
     return parser
 
 
@@ -124,11 +168,11 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if getattr(args, "config", None):  # config gives defaults, command-line flags win
+        if args.command == "toy" and args.config:  # config gives defaults, command-line flags win
             load_config(args.config, parser, args.command)
             args = parser.parse_args(argv)
         return args.func(args)
-    except ValueError as err:  # user-fixable input: one line, no traceback
+    except (ValueError, FileNotFoundError) as err:  # user-fixable input: one line, no traceback
         print(f"sppo-lite {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,236 @@
+"""K sampled responses per prompt from the policy π_t, through its chat template, batched and reproducible.
+
+Sampling is temperature T then nucleus top_p (no top-k), as vLLM and the official SPPO scripts do;
+T = 0 means greedy. Other decoding defaults in the model's generation_config (eos ids,
+repetition_penalty, ...) still apply, as in vLLM.
+
+Reproducibility: response j of prompt `pid` is drawn with its own torch.Generator seeded from
+(seed, pid, j), so a prompt's responses depend only on the model, the settings, `seed` and its
+prompt id — not on batch_size, prompt order, or which prompts share its batch. Padding changes float
+rounding only, which could flip a draw that lands within rounding error of a token boundary.
+
+Both backends return (dataset, stats): a datasets.Dataset with columns prompt_id, prompt (the text
+actually used, truncated if it was), responses (K strings, special tokens dropped, whitespace
+stripped), and a JSON-ready dict of prompt counts for the stage manifest.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+from datasets import Dataset, Features, Sequence, Value
+from tqdm.auto import tqdm
+from transformers import (GenerationConfig, LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper,
+                          TopPLogitsWarper)
+
+from .modeling import require_chat_template
+
+__all__ = ["generate_responses", "generate_responses_vllm", "save_parquet", "LONG_PROMPT_POLICIES"]
+
+logger = logging.getLogger(__name__)
+
+LONG_PROMPT_POLICIES = ("skip", "truncate")
+
+
+@dataclass
+class _Prompt:
+    prompt_id: object
+    text: str
+    input_ids: list
+
+
+def generate_responses(model, tokenizer, prompts, k: int = 5, temperature: float = 0.7, top_p: float = 0.9,
+                       max_new_tokens: int = 128, batch_size: int = 8, seed: int = 0, max_prompt_tokens=None,
+                       long_prompts: str = "skip", prompt_ids=None, progress: bool = True):
+    """K responses per prompt with transformers generate(); returns (dataset, stats), see the module docstring.
+
+    `batch_size` counts prompts (batch_size·k rows per generate call); prompts are length-sorted and
+    left-padded. `prompt_ids` (default 0..N-1) key the seeds and the prompt_id column. A chat-templated
+    prompt longer than `max_prompt_tokens` is skipped or has its user text cut to fit (`long_prompts`).
+    The model is put in eval mode for the call and restored after.
+    """
+    _check_sampling(k, temperature, top_p)
+    prompts, stats = _encode_prompts(tokenizer, prompts, prompt_ids, max_prompt_tokens, long_prompts)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    # Unset fields are filled from model.generation_config by generate(); eos falls back to the tokenizer's.
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, use_cache=True, pad_token_id=pad_id)
+    if model.generation_config.eos_token_id is None:
+        config.eos_token_id = tokenizer.eos_token_id
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].input_ids))  # longest first: OOM shows early
+    responses = [None] * len(prompts)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress) as bar:
+            for start in range(0, len(order), batch_size):
+                batch = [prompts[i] for i in order[start:start + batch_size]]
+                texts = _generate_batch(model, tokenizer, batch, k, temperature, top_p, seed, config, pad_id)
+                for row, i in enumerate(order[start:start + batch_size]):
+                    responses[i] = texts[row * k:(row + 1) * k]
+                bar.update(len(batch))
+    finally:
+        model.train(was_training)
+    return _to_dataset(prompts, responses), stats
+
+
+def generate_responses_vllm(model_path, prompts, k: int = 5, temperature: float = 0.7, top_p: float = 0.9,
+                            max_new_tokens: int = 128, seed: int = 0, max_prompt_tokens=None,
+                            long_prompts: str = "skip", prompt_ids=None, **llm_kwargs):
+    """generate_responses with vLLM sampling (`pip install vllm`, imported lazily); same columns and stats.
+
+    `model_path` is a full model directory or hub id (merge LoRA adapters first). Each prompt gets its own vLLM seed from (seed, prompt_id), so reruns match on the same vLLM version
+    and hardware; the samples differ from the transformers backend's (another RNG). `llm_kwargs` go to
+    vllm.LLM (tensor_parallel_size, gpu_memory_utilization, max_model_len, ...).
+    """
+    try:
+        from vllm import LLM, SamplingParams
+    except ImportError as err:
+        raise ImportError("the vLLM backend needs vllm: pip install vllm (or sppo-lite[full]), "
+                          "or use generate_responses") from err
+    _check_sampling(k, temperature, top_p)
+    llm = LLM(model=str(model_path), seed=seed, **llm_kwargs)
+    prompts, stats = _encode_prompts(llm.get_tokenizer(), prompts, prompt_ids, max_prompt_tokens, long_prompts)
+    params = [SamplingParams(n=k, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                             seed=_row_seed(seed, p.prompt_id, 0)) for p in prompts]
+    # Token ids, not text: the templated text already holds <s>, which vLLM would add a second time.
+    outputs = llm.generate([{"prompt_token_ids": p.input_ids} for p in prompts], params)
+    responses = [[completion.text.strip() for completion in out.outputs] for out in outputs]
+    return _to_dataset(prompts, responses), stats
+
+
+def save_parquet(dataset: Dataset, path) -> str:
+    """Write `dataset` to parquet atomically: a temp file in the same directory, then os.replace."""
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}")
+    try:
+        dataset.to_parquet(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+class _SeededSampling(LogitsProcessor):
+    """Temperature, top-p, then one multinomial draw per row from that row's own generator; returns a 0/−inf
+    mask on the drawn token so that greedy decoding emits it.
+
+    Hand-written: generate(do_sample=True) draws every row from one global RNG, which ties a prompt's
+    samples to its batch.
+    """
+
+    def __init__(self, temperature: float, top_p: float, generators: list):
+        self.warpers = [TemperatureLogitsWarper(temperature)] + ([TopPLogitsWarper(top_p)] if top_p < 1 else [])
+        self.generators = generators
+
+    def __call__(self, input_ids, scores):
+        for warp in self.warpers:
+            scores = warp(input_ids, scores)
+        probs = scores.float().softmax(dim=-1).cpu()
+        drawn = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)])
+        mask = torch.full_like(scores, float("-inf"))
+        return mask.scatter_(1, drawn.to(scores.device)[:, None], 0.0)
+
+
+def _generate_batch(model, tokenizer, batch, k, temperature, top_p, seed, config, pad_id) -> list[str]:
+    """k decoded responses for each prompt of `batch`, rows ordered prompt-major."""
+    input_ids, attention_mask = _left_pad([p.input_ids for p in batch], pad_id)
+    input_ids, attention_mask = input_ids.repeat_interleave(k, 0), attention_mask.repeat_interleave(k, 0)
+    processors = LogitsProcessorList()
+    if temperature > 0:
+        generators = [torch.Generator().manual_seed(_row_seed(seed, p.prompt_id, j)) for p in batch for j in range(k)]
+        processors.append(_SeededSampling(temperature, top_p, generators))
+    out = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
+                         generation_config=config, logits_processor=processors)
+    texts = tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
+    return [t.strip() for t in texts]
+
+
+def _left_pad(sequences, pad_id):
+    """(input_ids, attention_mask) with each row right-aligned.
+
+    Hand-written: tokenizer.pad needs a pad token, which Mistral's tokenizer does not have.
+    """
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        input_ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+        attention_mask[row, width - len(seq):] = 1
+    return input_ids, attention_mask
+
+
+def _row_seed(seed: int, prompt_id, j: int) -> int:
+    """63-bit seed hashed from (seed, prompt_id, j); prompt ids may be ints or strings."""
+    digest = hashlib.sha256(f"{seed}\x1f{prompt_id}\x1f{j}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _check_sampling(k, temperature, top_p) -> None:
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def _encode_prompts(tokenizer, prompts, prompt_ids, max_prompt_tokens, long_prompts):
+    """Chat-template each prompt as one user message; skip or truncate the long ones; count what happened."""
+    require_chat_template(tokenizer)
+    if long_prompts not in LONG_PROMPT_POLICIES:
+        raise ValueError(f"long_prompts must be one of {LONG_PROMPT_POLICIES}, got {long_prompts!r}")
+    prompts = list(prompts)
+    prompt_ids = list(range(len(prompts))) if prompt_ids is None else list(prompt_ids)
+    if len(prompt_ids) != len(prompts):
+        raise ValueError(f"got {len(prompt_ids)} prompt_ids for {len(prompts)} prompts: pass one id per prompt")
+    if len(set(prompt_ids)) != len(prompt_ids):
+        raise ValueError("prompt_ids must be unique: they key the sampling seeds and the output rows")
+    kept, skipped, truncated = [], [], []
+    for pid, text in zip(prompt_ids, prompts):
+        input_ids = _chat_ids(tokenizer, text)
+        if max_prompt_tokens is not None and len(input_ids) > max_prompt_tokens:
+            if long_prompts == "skip":
+                skipped.append(pid)
+                continue
+            text, input_ids = _truncate(tokenizer, text, max_prompt_tokens)
+            truncated.append(pid)
+        kept.append(_Prompt(pid, text, input_ids))
+    if skipped or truncated:
+        logger.warning("%d of %d prompts were longer than %d tokens: %d skipped, %d truncated",
+                       len(skipped) + len(truncated), len(prompts), max_prompt_tokens, len(skipped), len(truncated))
+    stats = {"prompts": len(prompts), "generated": len(kept), "skipped": len(skipped), "truncated": len(truncated),
+             "skipped_prompt_ids": skipped, "truncated_prompt_ids": truncated}
+    return kept, stats
+
+
+def _chat_ids(tokenizer, text: str) -> list:
+    return list(tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                              tokenize=True, return_dict=False))
+
+
+def _truncate(tokenizer, text: str, max_tokens: int):
+    """Longest head of the user text whose templated prompt fits in max_tokens: (text, input_ids)."""
+    content = tokenizer(text, add_special_tokens=False)["input_ids"]
+    keep, input_ids = len(content), _chat_ids(tokenizer, text)
+    while len(input_ids) > max_tokens:
+        keep -= len(input_ids) - max_tokens
+        if keep <= 0:
+            raise ValueError(f"max_prompt_tokens={max_tokens} leaves no room for the prompt inside the chat "
+                             "template: raise max_prompt_tokens")
+        text = tokenizer.decode(content[:keep])
+        input_ids = _chat_ids(tokenizer, text)
+    return text, input_ids
+
+
+def _to_dataset(prompts, responses) -> Dataset:
+    ids = [p.prompt_id for p in prompts]
+    features = Features({"prompt_id": Value("string" if any(isinstance(i, str) for i in ids) else "int64"),
+                         "prompt": Value("string"), "responses": Sequence(Value("string"))})
+    return Dataset.from_dict({"prompt_id": ids, "prompt": [p.text for p in prompts], "responses": responses},
+                             features=features)

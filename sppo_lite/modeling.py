@@ -1,0 +1,191 @@
+"""Policy models: a tiny offline Mistral for labs and tests, and the real loaders (full / LoRA / QLoRA).
+
+The tiny policy is a random-init MistralForCausalLM with a ByteLevel BPE tokenizer and the
+Mistral-Instruct chat template, saved with save_pretrained, so `load_policy(path)` runs exactly the
+code path that loads "mistralai/Mistral-7B-Instruct-v0.2".
+"""
+from __future__ import annotations
+
+import os
+
+import huggingface_hub
+import torch
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+__all__ = ["MISTRAL_CHAT_TEMPLATE", "LOAD_MODES", "build_tiny_tokenizer", "build_tiny_model",
+           "save_tiny_policy", "load_policy", "pick_dtype", "require_chat_template"]
+
+LOAD_MODES = ("full", "lora", "qlora")
+
+# The chat template shipped with mistralai/Mistral-7B-Instruct-v0.2 (the generation prompt is the closing [/INST]).
+MISTRAL_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
+    "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}"
+)
+
+# Mistral's ids: <unk> 0, <s> 1, </s> 2; Mistral has no pad token, the tiny tokenizer adds one.
+_SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
+
+_CORPUS = [
+    "[INST] What is the capital of France? [/INST] The capital of France is Paris.",
+    "[INST] Write a short poem about the sea. [/INST] Blue waves roll in, and the gulls sing along.",
+    "[INST] How many legs does a spider have? [/INST] A spider has eight legs.",
+    "[INST] Explain photosynthesis in one sentence. [/INST] Plants turn light, water and air into sugar.",
+    "[INST] Give me three colours. [/INST] Red, green and blue.",
+    "[INST] What is 2 + 3? [/INST] 2 + 3 = 5.",
+    "[INST] Translate 'thank you' into French. [/INST] Merci.",
+    "[INST] Summarise the story of Cinderella. [/INST] A kind girl meets a prince and loses a glass slipper.",
+    "Please answer the question clearly, politely and with helpful details.",
+    "I am sorry, but I cannot help with that request.",
+    "Sure! Here is a step-by-step explanation of how it works.",
+    "The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with one step.",
+    "Numbers: 0 1 2 3 4 5 6 7 8 9 10 100 1000. Punctuation: , . ; : ! ? ( ) [ ] ' \" - /",
+]
+
+
+def build_tiny_tokenizer(texts=None, vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+    """ByteLevel BPE trained in milliseconds on a built-in corpus (+ `texts`); Mistral specials and chat template.
+
+    Like Mistral's tokenizer it prepends <s> when called with add_special_tokens=True (the default).
+    """
+    backend = Tokenizer(models.BPE(unk_token=_SPECIAL_TOKENS["unk_token"]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(_SPECIAL_TOKENS.values()),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator(_CORPUS + list(texts or []), trainer)
+    bos = _SPECIAL_TOKENS["bos_token"]
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, backend.token_to_id(bos))])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, chat_template=MISTRAL_CHAT_TEMPLATE,
+                                   model_input_names=["input_ids", "attention_mask"], **_SPECIAL_TOKENS)
+
+
+def build_tiny_model(tokenizer, hidden_size: int = 64, num_layers: int = 2, heads: int = 4, kv_heads: int = 2,
+                     seed: int = 0) -> MistralForCausalLM:
+    """Random-init MistralForCausalLM (float32) sized to `tokenizer`; `seed` fixes the weights, global RNG untouched."""
+    config = MistralConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+        max_position_embeddings=2048, sliding_window=None,  # v0.2 dropped the sliding window
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MistralForCausalLM(config)
+
+
+def save_tiny_policy(path, texts=None, vocab_size: int = 1024, hidden_size: int = 64, num_layers: int = 2,
+                     heads: int = 4, kv_heads: int = 2, seed: int = 0) -> str:
+    """Build the tiny tokenizer and model and save both to `path` with save_pretrained; returns `path`."""
+    tokenizer = build_tiny_tokenizer(texts, vocab_size=vocab_size)
+    model = build_tiny_model(tokenizer, hidden_size=hidden_size, num_layers=num_layers, heads=heads,
+                             kv_heads=kv_heads, seed=seed)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def pick_dtype(device) -> torch.dtype:
+    """bf16 on GPUs that support it, fp16 on those that don't (T4, V100), float32 on CPU and elsewhere."""
+    if torch.device(device).type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def require_chat_template(tokenizer, name: str | None = None) -> None:
+    """Raise a one-line ValueError when `tokenizer` has no chat template."""
+    if tokenizer.chat_template is None:
+        where = f" of {name!r}" if name else ""
+        raise ValueError(f"the tokenizer{where} has no chat template: set tokenizer.chat_template to a Jinja template "
+                         "(e.g. sppo_lite.modeling.MISTRAL_CHAT_TEMPLATE) and save it with save_pretrained")
+
+
+def load_policy(model_name_or_path, mode: str = "full", lora_r: int = 16, lora_alpha: int = 32,
+                lora_dropout: float = 0.05, target_modules="all-linear", dtype=None, device_map=None,
+                gradient_checkpointing: bool = False):
+    """Load (model, tokenizer): full weights, a LoRA adapter on full weights, or QLoRA (NF4 double-quant base + LoRA).
+
+    dtype None picks via pick_dtype (it is also the QLoRA compute dtype). device_map None loads full and
+    LoRA models on CPU (Trainer / DeepSpeed place them; call .to("cuda") to generate) and QLoRA on
+    {"": LOCAL_RANK} with a GPU, {"": "cpu"} without one. A tokenizer without a pad token
+    (Mistral's) gets pad = eos. The model comes back in eval mode: call model.train() before training.
+    """
+    if mode not in LOAD_MODES:
+        raise ValueError(f"mode must be one of {LOAD_MODES}, got {mode!r}")
+    name = str(model_name_or_path)
+    _require_local_or_cached(name)
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    require_chat_template(tokenizer, name)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    on_gpu = torch.cuda.is_available()
+    dtype = _as_dtype(dtype) or pick_dtype("cuda" if on_gpu else "cpu")
+    kwargs = {"dtype": dtype}
+    if mode == "qlora":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype)
+        device_map = device_map or {"": int(os.environ.get("LOCAL_RANK", 0)) if on_gpu else "cpu"}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+
+    if mode == "qlora":
+        # Freezes the base and upcasts norms/embeddings to fp32; checkpointing is enabled below for every mode.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if gradient_checkpointing:
+        _enable_checkpointing(model)
+    if mode != "full":
+        model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                                                 target_modules=target_modules, task_type="CAUSAL_LM"))
+    return model, tokenizer
+
+
+def _require_local_or_cached(name: str) -> None:
+    """Fail early, in one line, when offline mode is on and `name` is neither a directory nor in the HF cache."""
+    if os.path.isdir(name) or not huggingface_hub.is_offline_mode():
+        return
+    try:
+        cached = huggingface_hub.try_to_load_from_cache(name, "config.json")
+    except ValueError:  # not even a valid repo id, e.g. a missing absolute path
+        cached = None
+    if not isinstance(cached, str):
+        raise FileNotFoundError(
+            f"{name!r} is not a local directory and the model is not in the local Hugging Face cache, and offline "
+            "mode is on (HF_HUB_OFFLINE=1): pass a local directory saved with save_pretrained, or go online once "
+            "(unset HF_HUB_OFFLINE) to download it")
+
+
+def _as_dtype(dtype) -> torch.dtype | None:
+    """torch.dtype from a dtype or its name ("bfloat16"); None stays None."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    resolved = getattr(torch, str(dtype), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"dtype must be a torch dtype or its name such as 'bfloat16', got {dtype!r}")
+    return resolved
+
+
+def _enable_checkpointing(model) -> None:
+    """Non-reentrant activation checkpointing (no input-grad hook needed with adapters); transformers 5 or 4."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name warns there
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.config.use_cache = False

@@ -1,0 +1,173 @@
+"""The resumable pipeline: stages, manifests, skipping, crash recovery, config errors."""
+import json
+
+import pytest
+import torch
+
+from sppo_lite import generation, loop
+
+torch.set_num_threads(1)
+
+
+def tiny_config(tmp_path, **overrides):
+    """A config that runs generate/judge/build in seconds: tiny policy, length judge, 6 prompts."""
+    base = {
+        "seed": 3, "iterations": 1,
+        "policy": {"model": "tiny", "device": "cpu"},
+        "prompts": {"source": "data/prompts.jsonl", "n_prompts": 6},
+        "generation": {"k": 3, "max_new_tokens": 6, "batch_size": 4, "shard_size": 2},
+        "judge": {"type": "length", "device": "cpu", "shard_size": 2},
+        "build": {"ref_batch_size": 4},
+        "train": {"max_length": 256, "max_prompt_length": 200},
+    }
+    path = tmp_path / "config.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(base))
+    return loop.load_config(path, [f"{k}={v}" for k, v in overrides.items()])
+
+
+@pytest.fixture(scope="module")
+def repo_cwd():
+    import os
+    from pathlib import Path
+
+    old = os.getcwd()
+    os.chdir(Path(__file__).resolve().parent.parent)
+    yield
+    os.chdir(old)
+
+
+def run_three(config, out):
+    run = loop.Run(config, out, log=lambda *_: None)
+    return run, loop.run_iteration(run, 1, stages=("generate", "judge", "build"))
+
+
+def test_stages_write_artifacts_and_manifests(tmp_path, repo_cwd):
+    run, manifests = run_three(tiny_config(tmp_path), tmp_path / "run")
+    gen = manifests["generate"]
+    assert gen["counts"]["generated"] == 6 and gen["counts"]["k"] == 3
+    assert {"torch", "transformers", "datasets"} <= set(gen["versions"])
+    from datasets import Dataset
+
+    responses = Dataset.from_parquet(str(run.stage_dir(1, "generate") / "responses.parquet"))
+    assert len(responses) == 6 and all(len(r) == 3 for r in responses["responses"])
+    sppo = Dataset.from_parquet(str(run.stage_dir(1, "build") / "sppo.parquet"))
+    assert {"chosen", "rejected", "chosen_probs", "chosen_probs_win", "chosen_probs_lose",
+            "ref_chosen_logps", "ref_rejected_logps"} <= set(sppo.column_names)
+    # Length judge: the chosen response is the longest of its prompt's samples.
+    by_prompt = dict(zip(responses["prompt"], responses["responses"]))
+    for row in sppo:
+        assert len(row["chosen"][-1]["content"]) == max(len(r) for r in by_prompt[row["prompt"]])
+    # No temporary or partial folders are left behind.
+    assert sorted(p.name for p in run.stage_dir(1, "generate").parent.iterdir()) == ["build", "generate", "judge"]
+
+
+def test_rerun_skips_and_changed_config_is_refused(tmp_path, repo_cwd, monkeypatch):
+    config = tiny_config(tmp_path)
+    run, first = run_three(config, tmp_path / "run")
+    calls = []
+    monkeypatch.setattr(generation, "generate_responses", lambda *a, **k: calls.append(1))
+    _, second = run_three(config, tmp_path / "run")
+    assert calls == [] and second == first  # nothing re-run, manifests untouched
+    changed = loop.apply_overrides(config, ["generation.temperature=1.0"])
+    with pytest.raises(loop.StageChanged, match="--force generate"):
+        run_three(changed, tmp_path / "run")
+
+
+def test_crash_inside_a_stage_resumes_to_the_identical_dataset(tmp_path, repo_cwd, monkeypatch):
+    config = tiny_config(tmp_path)
+    _, clean = run_three(config, tmp_path / "clean")
+
+    real_save = generation.save_parquet
+    saved = []
+
+    def crash_on_second_shard(ds, path):
+        if "shard-00001" in str(path):
+            raise KeyboardInterrupt("killed")
+        saved.append(path)
+        return real_save(ds, path)
+
+    monkeypatch.setattr(generation, "save_parquet", crash_on_second_shard)
+    with pytest.raises(KeyboardInterrupt):
+        run_three(config, tmp_path / "crashed")
+    assert len(saved) == 1
+    monkeypatch.setattr(generation, "save_parquet", real_save)
+
+    real_generate = generation.generate_responses
+    prompts_generated = []
+
+    def counting(model, tokenizer, prompts, **kw):
+        prompts_generated.extend(prompts)
+        return real_generate(model, tokenizer, prompts, **kw)
+
+    monkeypatch.setattr(generation, "generate_responses", counting)
+    _, resumed = run_three(config, tmp_path / "crashed")
+    assert len(prompts_generated) == 4  # shard 0 (2 prompts) was kept, shards 1-2 were generated
+    for stage in ("generate", "judge", "build"):
+        assert resumed[stage]["artifact_hash"] == clean[stage]["artifact_hash"], stage
+
+
+def test_crash_between_stages_resumes(tmp_path, repo_cwd, monkeypatch):
+    config = tiny_config(tmp_path)
+    _, clean = run_three(config, tmp_path / "clean")
+
+    def broken_judge(*a, **k):
+        raise RuntimeError("judge crashed")
+
+    monkeypatch.setattr(loop, "make_judge", broken_judge)
+    with pytest.raises(RuntimeError):
+        run_three(config, tmp_path / "run")
+    run = loop.Run(config, tmp_path / "run")
+    assert loop.read_manifest(run.stage_dir(1, "generate")) is not None
+    assert loop.read_manifest(run.stage_dir(1, "judge")) is None
+    monkeypatch.undo()
+    _, resumed = run_three(config, tmp_path / "run")
+    assert resumed["build"]["artifact_hash"] == clean["build"]["artifact_hash"]
+
+
+def test_force_redoes_a_stage_identically(tmp_path, repo_cwd):
+    config = tiny_config(tmp_path)
+    run, first = run_three(config, tmp_path / "run")
+    redone = loop.generate_stage(run, 1, force=True)
+    assert redone["artifact_hash"] == first["generate"]["artifact_hash"]
+    assert redone["finished"] >= first["generate"]["finished"]
+
+
+@pytest.mark.parametrize("override, message", [
+    (["generation.k=1"], "generation.k must be an integer >= 2"),
+    (["generation.kk=3"], "unknown config key 'generation.kk'"),
+    (["judge.type=oracle"], "judge.type must be"),
+    (["iterations=4"], "exceeds prompts.thirds"),
+    (["generation.k"], "must look like section.key=value"),
+])
+def test_config_errors(override, message):
+    with pytest.raises(ValueError, match=message):
+        loop.load_config(None, override)
+
+
+def test_missing_prompt_file_and_missing_upstream(tmp_path, repo_cwd):
+    config = tiny_config(tmp_path, **{"prompts.source": "nowhere/prompts.jsonl"})
+    run = loop.Run(config, tmp_path / "run", log=lambda *_: None)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        loop.generate_stage(run, 1)
+    with pytest.raises(ValueError, match="iter1/generate has not finished"):
+        loop.judge_stage(run, 1)
+
+
+def test_cli_stage_errors_are_one_line(tmp_path, repo_cwd, capsys):
+    from sppo_lite import cli
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("generation:\n  k: 1\n")
+    assert cli.main(["generate", "--config", str(cfg), "--output-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "generation.k must be an integer >= 2" in err and len(err.splitlines()) == 1
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml")):
+        if path.name != "toy.yaml":
+            json.dumps(loop.load_config(path))
