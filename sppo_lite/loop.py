@@ -66,11 +66,11 @@ DEFAULT_CONFIG = {
     },
     "train": {
         "loss_type": "sppo", "beta": 0.001, "learning_rate": 5.0e-7, "optim": "rmsprop",
-        "lr_scheduler_type": "linear", "warmup_ratio": 0.1, "num_train_epochs": 1,
+        "lr_scheduler_type": "linear", "warmup_steps": 0.1, "num_train_epochs": 1,  # warmup < 1: a ratio
         "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
         "max_length": 1024, "max_prompt_length": 512, "gradient_checkpointing": True,
-        "bf16": "auto", "logging_steps": 10, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
-        "reference": "precomputed",
+        "bf16": "auto", "logging_steps": 10, "save_steps": 500, "lora_r": 16, "lora_alpha": 32,
+        "lora_dropout": 0.05, "reference": "precomputed",
     },
 }
 
@@ -473,12 +473,13 @@ def train_stage(run: Run, t: int, force: bool = False) -> dict:
                    "start": policy if t == 1 else run._upstream(t - 1, "train")}
 
     def work(tmp, partial):
-        metrics = train_and_merge(policy, run.stage_dir(t, "build") / "sppo.parquet", tmp / "model",
-                                  checkpoint_dir=partial / "checkpoints", mode=cfg["policy"]["mode"],
-                                  dtype=cfg["policy"]["dtype"], seed=cfg["seed"], **cfg["train"])
-        summary = f"π_{t + 1} trained ({cfg['train']['loss_type']}, β={cfg['train']['beta']}), " \
-                  f"loss {metrics.get('train_loss', float('nan')):.4g}"
-        return {"metrics": metrics, "mode": cfg["policy"]["mode"]}, summary, None
+        metrics, history = train_and_merge(policy, run.stage_dir(t, "build") / "sppo.parquet", tmp / "model",
+                                           checkpoint_dir=partial / "checkpoints", mode=cfg["policy"]["mode"],
+                                           dtype=cfg["policy"]["dtype"], seed=cfg["seed"], **cfg["train"])
+        _write_json_atomic(tmp / "log_history.json", history)
+        summary = (f"π_{t + 1} trained ({cfg['train']['loss_type']}, β={cfg['train']['beta']}, "
+                   f"{cfg['policy']['mode']}), loss {metrics.get('train_loss', float('nan')):.4g}")
+        return {"metrics": metrics, "mode": cfg["policy"]["mode"], "steps": len(history)}, summary, None
 
     return run._stage(t, "train", fingerprint, force, work)
 

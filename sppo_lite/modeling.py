@@ -21,7 +21,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-__all__ = ["MISTRAL_CHAT_TEMPLATE", "LOAD_MODES", "build_tiny_tokenizer", "build_tiny_model",
+__all__ = ["MISTRAL_CHAT_TEMPLATE", "LOAD_MODES", "build_tiny_tokenizer", "build_tiny_model", "keep_4bit_trainable",
            "save_tiny_policy", "load_policy", "pick_dtype", "require_chat_template"]
 
 LOAD_MODES = ("full", "lora", "qlora")
@@ -146,6 +146,7 @@ def load_policy(model_name_or_path, mode: str = "full", lora_r: int = 16, lora_a
     model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
 
     if mode == "qlora":
+        keep_4bit_trainable(model)
         # Freezes the base and upcasts norms/embeddings to fp32; checkpointing is enabled below for every mode.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if gradient_checkpointing:
@@ -154,6 +155,22 @@ def load_policy(model_name_or_path, mode: str = "full", lora_r: int = 16, lora_a
         model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                                                  target_modules=target_modules, task_type="CAUSAL_LM"))
     return model, tokenizer
+
+
+def keep_4bit_trainable(model) -> None:
+    """Stop bitsandbytes (0.50) from repacking 4-bit weights for its CPU inference kernel.
+
+    It repacks on any eval-mode no-grad forward on an AVX512-BF16 CPU (generation, reference
+    log-probs, evaluation); that kernel has no backward, so every later training step would get
+    wrong gradients. Hand-written: bitsandbytes has no public switch, only this per-module flag.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            if getattr(module.weight.quant_state, "packing_format_for_cpu", False):
+                raise ValueError("bitsandbytes repacked this 4-bit model for CPU inference (an eval-mode "
+                                 "no-grad forward), a format without gradients: reload it with "
+                                 "sppo_lite.modeling.load_policy(mode='qlora') before training")
+            module.support_avx512bf16_for_cpu = False
 
 
 def _require_local_or_cached(name: str) -> None:

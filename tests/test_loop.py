@@ -171,3 +171,62 @@ def test_shipped_configs_load():
     for path in sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml")):
         if path.name != "toy.yaml":
             json.dumps(loop.load_config(path))
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_two_iterations_hand_off_the_trained_policy(tmp_path, repo_cwd, mode):
+    config = tiny_config(tmp_path, **{"iterations": 2, "policy.mode": mode, "train.beta": 0.1,
+                                      "train.learning_rate": 0.01, "train.optim": "adamw_torch",
+                                      "train.per_device_train_batch_size": 3, "train.bf16": False,
+                                      "train.gradient_checkpointing": False, "train.lora_r": 4})
+    run = loop.run_all(config, tmp_path / "run", log=lambda *_: None)
+    base, pi2, pi3 = (_weights(p) for p in (
+        run.output_dir / "base" / "tiny-policy", run.stage_dir(1, "train") / "model", run.stage_dir(2, "train") / "model"))
+    assert set(base) == set(pi2) == set(pi3)  # plain models: LoRA adapters merged away
+    moved = [k for k in base if not torch.equal(base[k], pi2[k])]
+    assert moved, "training changed nothing"
+    if mode == "lora":  # only the linear layers LoRA adapts can move; embeddings and norms stay put
+        assert all("proj" in k for k in moved)
+    assert any(not torch.equal(pi2[k], pi3[k]) for k in base)
+    # Iteration 2 generated with π_2 and took its reference log-probs from π_2.
+    gen2 = loop.read_manifest(run.stage_dir(2, "generate"))
+    assert gen2["counts"]["policy"] == str(run.stage_dir(1, "train") / "model")
+    train1 = loop.read_manifest(run.stage_dir(1, "train"))
+    assert train1["counts"]["steps"] >= 1 and (run.stage_dir(1, "train") / "log_history.json").is_file()
+
+
+def test_training_killed_mid_stage_resumes_from_its_checkpoint(tmp_path, repo_cwd, monkeypatch):
+    from sppo_lite.trainer import SPPOTrainer
+
+    config = tiny_config(tmp_path, **{"train.beta": 0.1, "train.learning_rate": 0.01, "train.optim": "adamw_torch",
+                                      "train.per_device_train_batch_size": 2, "train.num_train_epochs": 2,
+                                      "train.save_steps": 2, "train.bf16": False,
+                                      "train.gradient_checkpointing": False})
+    clean = loop.run_all(config, tmp_path / "clean", log=lambda *_: None)
+
+    real_step = SPPOTrainer.training_step
+    steps = []
+
+    def dies_at_step_four(self, *a, **k):
+        steps.append(1)
+        if len(steps) == 4:
+            raise KeyboardInterrupt("killed")
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(SPPOTrainer, "training_step", dies_at_step_four)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_all(config, tmp_path / "run", log=lambda *_: None)
+    monkeypatch.setattr(SPPOTrainer, "training_step", real_step)
+    partial = tmp_path / "run" / "iter1" / "train.partial" / "checkpoints"
+    assert [p.name for p in partial.iterdir() if p.name.startswith("checkpoint-")] == ["checkpoint-2"]
+    resumed = loop.run_all(config, tmp_path / "run", log=lambda *_: None)
+    a = _weights(clean.stage_dir(1, "train") / "model")
+    b = _weights(resumed.stage_dir(1, "train") / "model")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)

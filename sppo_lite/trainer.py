@@ -1,0 +1,344 @@
+"""SPPOTrainer: the SPPO loss on the Hugging Face Trainer (accelerate, DeepSpeed and FSDP for free).
+
+One step: the B chosen and B rejected chats of a batch go through the policy as one batch of 2B
+sequences; Δ = Σ log π_θ(response | prompt) − Σ log π_t(response | prompt), response tokens only;
+the loss from sppo_lite.losses is averaged over the B pairs. The official `sppo` loss is
+
+    ½[(Δ_c − (P̂_c − ½)/β)² + (Δ_r − (P̂_r − ½)/β)²],   P̂_c, P̂_r = chosen_probs_win, chosen_probs_lose
+
+Why not TRL's DPOTrainer: its loss functions receive only the four sequence log-probs, so its
+`sppo_hard` fixes the targets at ±1/(2β); the official `sppo` needs each response's own estimated
+win rate P̂ from the dataset, which DPOTrainer cannot pass to its loss (and TRL is not a dependency).
+
+Rows of per-response data (build_sppo_dataset(pair_mode="all"): response, win_prob) train the
+per-response form (Δ − (P̂ − ½)/β)² with loss_type="sppo", one sequence per row.
+
+The reference π_t (the policy that sampled the data) is read from the dataset (reference=
+"precomputed": ref_<chat>_logps columns from data.add_reference_logps, no second model in memory)
+or computed every step (reference="on_the_fly": the LoRA / QLoRA policy with its adapter disabled,
+or ref_model for full fine-tuning).
+"""
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
+
+from sppo_lite.data import encode_chat, pad_chat_batch, sequence_logps
+from sppo_lite.modeling import keep_4bit_trainable
+from sppo_lite.losses import (LOSSES, dpo_loss, ipo_loss, sppo_hard_loss, sppo_loss, sppo_pair_loss,
+                              sppo_single_loss)
+
+__all__ = ["REFERENCES", "SPPOConfig", "SPPOCollator", "SPPOTrainer", "required_columns", "train_sppo",
+           "train_and_merge"]
+
+REFERENCES = ("precomputed", "on_the_fly")
+# Win-probability columns each loss reads from pair rows (sppo_hard, dpo, ipo read none).
+_PROB_COLUMNS = {"sppo": ("chosen_probs_win", "chosen_probs_lose"), "sppo_single": ("chosen_probs",)}
+# Per-row numbers the collator carries into the batch, as float32 tensors.
+_FLOAT_COLUMNS = ("chosen_probs", "chosen_probs_win", "chosen_probs_lose", "win_prob",
+                  "ref_chosen_logps", "ref_rejected_logps", "ref_response_logps")
+_WIN_PROB_STATS = {"chosen_probs_win": "win_prob/chosen", "chosen_probs_lose": "win_prob/rejected",
+                   "chosen_probs": "win_prob/pair"}
+
+
+@dataclass
+class SPPOConfig(TrainingArguments):
+    """TrainingArguments plus the SPPO settings; β = 1/η (the paper's η = 1000 is β = 0.001)."""
+
+    loss_type: str = field(default="sppo", metadata={"help": f"one of {', '.join(LOSSES)}"})
+    beta: float = field(default=0.001, metadata={"help": "β = 1/η > 0; targets are (P̂ − ½)/β"})
+    max_length: int = field(default=1024, metadata={"help": "prompt + response tokens per sequence"})
+    max_prompt_length: int = field(default=512, metadata={"help": "prompt tokens kept (the last ones)"})
+    reference: str = field(default="precomputed", metadata={"help": f"one of {', '.join(REFERENCES)}"})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "must stay False: the "
+                                        "collator reads the chat and probability columns"})
+
+    def __post_init__(self):
+        if self.loss_type not in LOSSES:
+            raise ValueError(f"loss_type must be one of {', '.join(LOSSES)}, got {self.loss_type!r}")
+        if not self.beta > 0:
+            raise ValueError(f"beta must be > 0 (beta = 1/eta; the paper uses 0.001), got {self.beta}")
+        if self.reference not in REFERENCES:
+            raise ValueError(f"reference must be one of {', '.join(REFERENCES)}, got {self.reference!r}")
+        if not 0 < self.max_prompt_length < self.max_length:
+            raise ValueError(f"need 0 < max_prompt_length < max_length, got {self.max_prompt_length} "
+                             f"and {self.max_length}")
+        if self.remove_unused_columns:
+            raise ValueError("remove_unused_columns must be False: the collator reads the chat and "
+                             "probability columns that the model's forward does not take")
+        super().__post_init__()
+
+
+def required_columns(columns, loss_type: str, reference: str) -> list[str]:
+    """The columns SPPOTrainer reads: the chats, the loss's win probabilities, ref_*_logps if precomputed.
+
+    Pair rows (chosen, rejected) serve every loss; per-response rows (response, win_prob) serve sppo.
+    """
+    if "response" in columns and "chosen" not in columns:
+        if loss_type != "sppo":
+            raise ValueError(f"per-response rows (response, win_prob) train only loss_type='sppo', got "
+                             f"{loss_type!r}: build (chosen, rejected) pairs with pair_mode='best_worst'")
+        chats, needed = ("response",), ["response", "win_prob"]
+    else:
+        chats = ("chosen", "rejected")
+        needed = [*chats, *_PROB_COLUMNS.get(loss_type, ())]
+    if reference == "precomputed":
+        needed += [f"ref_{c}_logps" for c in chats]
+    return needed
+
+
+def _check_columns(dataset, name: str, loss_type: str, reference: str) -> None:
+    columns = getattr(dataset, "column_names", None)
+    if columns is None:  # an iterable dataset without features: the collator meets the rows
+        return
+    missing = [c for c in required_columns(columns, loss_type, reference) if c not in columns]
+    if missing:
+        fix = ("run sppo_lite.data.add_reference_logps on it or pass reference='on_the_fly'"
+               if any(c.startswith("ref_") for c in missing) else "build it with sppo_lite.data.build_sppo_dataset")
+        raise ValueError(f"{name} lacks column(s) {', '.join(missing)} needed by loss_type={loss_type!r} "
+                         f"with reference={reference!r} (found {', '.join(columns)}): {fix}")
+
+
+@dataclass
+class SPPOCollator:
+    """Rows → one padded batch: the chosen then the rejected chats (2B sequences), or B responses,
+    with response_mask and the rows' win probabilities and ref log-probs as float32 tensors."""
+
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int = 1024
+    max_prompt_length: int = 512
+
+    def __call__(self, rows: list[dict]) -> dict:
+        if "chosen" in rows[0]:
+            chats = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
+        else:
+            chats = [r["response"] for r in rows]
+        batch = pad_chat_batch([encode_chat(self.tokenizer, chat, self.max_length, self.max_prompt_length)
+                                for chat in chats], self.tokenizer)
+        batch.update({name: torch.tensor([r[name] for r in rows], dtype=torch.float32)
+                      for name in _FLOAT_COLUMNS if name in rows[0]})
+        return batch
+
+
+class SPPOTrainer(Trainer):
+    """transformers.Trainer whose loss is sppo / sppo_single / sppo_hard / dpo / ipo on Δ = log π_θ − log π_t.
+
+    args: an SPPOConfig; processing_class: the tokenizer (its chat template encodes the chats);
+    ref_model: π_t for reference="on_the_fly" with a fully fine-tuned policy. Logs, averaged over
+    the logging steps: loss_scaled = β²·loss, logratio/* (achieved Δ), target/* (what the loss
+    drives Δ to), win_prob/*, logps/*, rewards/accuracy = mean[Δ_c > Δ_r].
+    """
+
+    loss_is_scaled_for_ga = False  # compute_loss returns a batch mean: Trainer divides by the accumulation steps
+
+    def __init__(self, model, args: SPPOConfig | None = None, train_dataset=None, eval_dataset=None,
+                 processing_class=None, ref_model=None, data_collator=None, **kwargs):
+        args = SPPOConfig() if args is None else args
+        if not isinstance(args, SPPOConfig):
+            raise ValueError(f"args must be an SPPOConfig (TrainingArguments plus loss_type, beta, "
+                             f"reference, ...), got {type(args).__name__}")
+        if processing_class is None:
+            raise ValueError("SPPOTrainer needs processing_class=<tokenizer>: its chat template turns "
+                             "the chats into tokens")
+        evals = eval_dataset.items() if isinstance(eval_dataset, dict) else [("eval_dataset", eval_dataset)]
+        for name, dataset in [("train_dataset", train_dataset), *evals]:
+            if dataset is not None:
+                _check_columns(dataset, name, args.loss_type, args.reference)
+        _check_reference(model, ref_model, args.reference)
+        keep_4bit_trainable(model)
+        collator = data_collator or SPPOCollator(processing_class, args.max_length, args.max_prompt_length)
+        super().__init__(model=model, args=args, data_collator=collator, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
+        if ref_model is not None:
+            if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+                raise ValueError("a separate ref_model is not sharded under DeepSpeed / FSDP: use "
+                                 "reference='precomputed' (sppo_lite.data.add_reference_logps) instead")
+            ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True).eval()
+        self.ref_model = ref_model
+        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Batch mean of the configured loss on Δ = sequence_logps(policy) − reference log-probs."""
+        sequences = {k: inputs[k] for k in ("input_ids", "attention_mask", "response_mask")}
+        ref_logps = self._reference_logps(model, inputs, sequences)
+        logps = sequence_logps(model, **sequences)
+        losses, stats = self._losses(logps, ref_logps, inputs)
+        loss = losses.mean()
+        self._record({"loss_scaled": self.args.beta ** 2 * losses, **stats})
+        return (loss, {"logps": logps.detach(), "ref_logps": ref_logps}) if return_outputs else loss
+
+    def _reference_logps(self, model, inputs, sequences) -> torch.Tensor:
+        """log π_t of the batch's sequences: the dataset's ref columns, or a no-grad eval-mode forward."""
+        if self.args.reference == "precomputed":
+            names = ["ref_response_logps"] if "win_prob" in inputs else ["ref_chosen_logps", "ref_rejected_logps"]
+            return torch.cat([inputs[n] for n in names])
+        ref = self.ref_model if self.ref_model is not None else model
+        adapter_off = (contextlib.nullcontext() if self.ref_model is not None
+                       else self.accelerator.unwrap_model(model).disable_adapter())
+        was_training = ref.training
+        ref.eval()  # no dropout: π_t exactly, as add_reference_logps computes it
+        try:
+            with torch.no_grad(), adapter_off:
+                return sequence_logps(ref, **sequences)
+        finally:
+            ref.train(was_training)
+
+    def _losses(self, logps, ref_logps, inputs) -> tuple[torch.Tensor, dict]:
+        """Per-row losses and per-row statistics (achieved and target log-ratios, win probabilities)."""
+        beta, loss_type = self.args.beta, self.args.loss_type
+        if "win_prob" in inputs:  # one response per row
+            target = (inputs["win_prob"] - 0.5) / beta
+            return sppo_loss(logps, ref_logps, inputs["win_prob"], beta), {
+                "logratio/response": logps - ref_logps, "target/response": target,
+                "win_prob/response": inputs["win_prob"], "logps/response": logps}
+        pc, pr = logps.chunk(2)
+        rc, rr = ref_logps.chunk(2)
+        if loss_type == "sppo":
+            losses = sppo_pair_loss(pc, pr, rc, rr, inputs["chosen_probs_win"], inputs["chosen_probs_lose"], beta)
+        elif loss_type == "sppo_single":
+            losses = sppo_single_loss(pc, pr, rc, rr, inputs["chosen_probs"], beta)
+        else:
+            losses = {"sppo_hard": sppo_hard_loss, "dpo": dpo_loss, "ipo": ipo_loss}[loss_type](pc, pr, rc, rr, beta)
+        dc, dr = pc - rc, pr - rr
+        stats = {"logratio/chosen": dc, "logratio/rejected": dr, "logratio/margin": dc - dr,
+                 **_targets(loss_type, inputs, beta, dc),
+                 **{stat: inputs[c] for c, stat in _WIN_PROB_STATS.items() if c in inputs},
+                 "logps/chosen": pc, "logps/rejected": pr, "rewards/accuracy": (dc > dr).float()}
+        return losses, stats
+
+    def _record(self, stats: dict) -> None:
+        """Append the batch means (over all processes) of per-row statistics, for log() to average."""
+        rows = torch.stack([v.detach().float() for v in stats.values()], dim=1)  # (B, statistics)
+        means = self.accelerator.gather_for_metrics(rows).mean(0).tolist()
+        mode = "train" if self.model.training else "eval"
+        for name, value in zip(stats, means):
+            self._metrics[mode][name].append(value)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the recorded statistics, averaged since the last log (eval_ prefixed in evaluation)."""
+        mode = "train" if self.model.training else "eval"
+        prefix = "" if mode == "train" else "eval_"
+        logs.update({prefix + k: sum(v) / len(v) for k, v in self._metrics[mode].items()})
+        self._metrics[mode].clear()
+        super().log(logs, start_time)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation: the loss only; there are no labels or logits to return."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+
+def _targets(loss_type: str, inputs, beta: float, like: torch.Tensor) -> dict:
+    """What the loss drives the log-ratios to: Δ_c, Δ_r for the SPPO losses, Δ_c − Δ_r for IPO; DPO has none."""
+    if loss_type == "sppo":
+        return {"target/chosen": (inputs["chosen_probs_win"] - 0.5) / beta,
+                "target/rejected": (inputs["chosen_probs_lose"] - 0.5) / beta}
+    if loss_type == "sppo_single":
+        t = (inputs["chosen_probs"] - 0.5) / beta
+        return {"target/chosen": t, "target/rejected": -t}
+    if loss_type == "sppo_hard":
+        return {"target/chosen": torch.full_like(like, 0.5 / beta),
+                "target/rejected": torch.full_like(like, -0.5 / beta)}
+    if loss_type == "ipo":
+        return {"target/margin": torch.full_like(like, 0.5 / beta)}
+    return {}
+
+
+def _check_reference(model, ref_model, reference: str) -> None:
+    """One-line errors for a reference that cannot be π_t."""
+    if reference == "precomputed":
+        if ref_model is not None:
+            raise ValueError("ref_model is only used with reference='on_the_fly': pass that, or drop "
+                             "ref_model and keep the precomputed ref_*_logps columns")
+        return
+    if ref_model is not None:
+        return
+    if not isinstance(model, PeftModel):
+        raise ValueError("reference='on_the_fly' needs a LoRA / QLoRA (PEFT) policy, whose disabled "
+                         "adapter is the reference, or ref_model=<the policy that sampled the data>")
+    if any(p.any() for name, p in model.named_parameters() if "lora_B" in name):
+        raise ValueError("reference='on_the_fly' disables the adapter, but this adapter is already "
+                         "trained, so the base model is not π_t: merge it (merge_and_unload) and add a "
+                         "fresh adapter, or use reference='precomputed'")
+
+
+def train_sppo(model, tokenizer, dataset, output_dir, ref_model=None, eval_dataset=None, **config) -> dict:
+    """Train with SPPOTrainer(SPPOConfig(output_dir, **config)), save model (PEFT: the adapter only),
+    tokenizer and trainer_state.json (log history) to output_dir; return the train metrics."""
+    trainer = SPPOTrainer(model, SPPOConfig(output_dir=str(output_dir), **config), train_dataset=dataset,
+                          eval_dataset=eval_dataset, processing_class=tokenizer, ref_model=ref_model)
+    metrics = trainer.train().metrics
+    trainer.save_model()
+    trainer.save_state()
+    return metrics
+
+
+def _mixed_precision(bf16) -> dict:
+    """bf16="auto": bf16 on GPUs that have it, fp16 on those that don't (T4), full precision on CPU."""
+    if bf16 != "auto":
+        return {"bf16": bool(bf16)}
+    if not torch.cuda.is_available():
+        return {"bf16": False}
+    return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
+
+
+def train_and_merge(policy_path, dataset_path, output_dir, checkpoint_dir, mode: str = "full", dtype=None,
+                    seed: int = 0, lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05,
+                    bf16="auto", save_steps: int = 500, **config) -> tuple[dict, list]:
+    """One iteration's training as the loop runs it: π_t (a full model directory) → π_{t+1} in output_dir.
+
+    full: the whole model is trained and saved. lora / qlora: a fresh adapter on π_t is trained and
+    then merged into π_t's weights (QLoRA: into the base reloaded unquantised in `dtype`), so each
+    iteration hands one plain model to the next, which is both its generator and its reference, and
+    starts its own fresh adapter. Checkpoints go to checkpoint_dir every save_steps steps; a killed
+    run resumes from the newest one. Returns (train metrics, log history).
+    """
+    from datasets import Dataset
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from sppo_lite.modeling import load_policy
+
+    gradient_checkpointing = config.pop("gradient_checkpointing", False)
+    model, tokenizer = load_policy(policy_path, mode=mode, dtype=dtype, lora_r=lora_r, lora_alpha=lora_alpha,
+                                   lora_dropout=lora_dropout, gradient_checkpointing=gradient_checkpointing)
+    model.train()
+    dataset = Dataset.from_parquet(str(dataset_path))
+    args = SPPOConfig(output_dir=str(checkpoint_dir), seed=seed, save_strategy="steps", save_steps=save_steps,
+                      save_total_limit=1, report_to=[], dataloader_pin_memory=torch.cuda.is_available(),
+                      **_mixed_precision(bf16), **config)
+    trainer = SPPOTrainer(model, args, train_dataset=dataset, processing_class=tokenizer)
+    last = get_last_checkpoint(str(checkpoint_dir)) if Path(checkpoint_dir).is_dir() else None
+    metrics = trainer.train(resume_from_checkpoint=last).metrics
+    history = trainer.state.log_history
+
+    output_dir = Path(output_dir)
+    if mode == "full":
+        trainer.save_model(str(output_dir))
+    else:
+        merged = _merge_adapter(trainer.model, policy_path, mode, dtype, Path(checkpoint_dir) / "adapter")
+        merged.save_pretrained(str(output_dir))
+    tokenizer.save_pretrained(str(output_dir))
+    return metrics, history
+
+
+def _merge_adapter(model, policy_path, mode: str, dtype, adapter_dir: Path):
+    """The trained adapter folded into π_t's weights: W + (α/r)·B·A, as a plain transformers model."""
+    if mode == "lora":
+        return model.merge_and_unload()
+    # QLoRA: merging into 4-bit weights would round them again; merge into the unquantised base.
+    from transformers import AutoModelForCausalLM
+
+    from sppo_lite.modeling import pick_dtype
+
+    model.save_pretrained(str(adapter_dir))
+    base_dtype = dtype or pick_dtype("cuda" if torch.cuda.is_available() else "cpu")
+    base = AutoModelForCausalLM.from_pretrained(str(policy_path), dtype=base_dtype)
+    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
