@@ -1,9 +1,17 @@
 """sppo-lite: Self-Play Preference Optimization (arXiv 2405.00675), explained and reproduced.
 
 Modules, one concept each (import the one you need; nothing heavy is imported here):
-    game      preference matrices, Nash by LP, exploitability, exact and sampled SPPO dynamics
-    losses    sppo, sppo_single, sppo_hard, dpo, ipo on sequence log-probs
-    plots     the figures the notebooks show
-    cli       the `sppo-lite` command
+    game        preference matrices, Nash by LP, exploitability, exact and sampled SPPO dynamics
+    losses      sppo, sppo_single, sppo_hard, dpo, ipo on sequence log-probs
+    judges      Judge protocol → K×K win matrix; PairRM, reward model, rule judges
+    pairrm      llm-blender on transformers 5; a tiny offline PairRM-shaped ranker
+    generation  K seeded samples per prompt, batched
+    data        prompts, official win rates and pairs, reference log-probs
+    modeling    load a policy full / LoRA / QLoRA; tiny local Mistral factory
+    trainer     SPPOTrainer on transformers.Trainer
+    loop        the resumable stages generate → judge → build → train
+    plots       the figures the notebooks show
+    notebooks   papermill execution of the notebooks
+    cli         the `sppo-lite` command
 """
 __version__ = "0.1.0"

@@ -57,6 +57,7 @@ DEFAULT_CONFIG = {
         "model": "llm-blender/PairRM",     # "tiny": a tiny PairRM-shaped ranker built locally
         "mode": "official",                # pairrm: official (BT scores, as the paper) | pairwise
         "batch_size": 16, "dtype": None, "device": "auto",
+        "template_prompts": True,          # show the judge the prompt in π_t's chat template (official rank.py)
         "length_scale": 20.0,              # length judge: P_ij = σ((len_i − len_j)/scale)
         "shard_size": 256,
     },
@@ -401,6 +402,15 @@ def make_judge(cfg: dict, run: Run | None = None):
     return judges.PairRMJudge(model, mode=j["mode"], device=device, batch_size=j["batch_size"], dtype=j["dtype"])
 
 
+def _templated(policy: str, prompts: list[str]) -> list[str]:
+    """Each prompt as π_t's chat template renders it up to the assistant's answer (what rank.py shows PairRM)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+            for p in prompts]
+
+
 def judge_stage(run: Run, t: int, force: bool = False, judge=None) -> dict:
     """The judge's K×K win matrix for every prompt, one resumable shard at a time."""
     from datasets import Dataset
@@ -414,6 +424,9 @@ def judge_stage(run: Run, t: int, force: bool = False, judge=None) -> dict:
     def work(tmp, partial):
         nonlocal judge
         responses = _load_parquet(run.stage_dir(t, "generate") / "responses.parquet")
+        prompts = list(responses["prompt"])
+        if j["template_prompts"]:
+            prompts = _templated(run.policy_path(t), prompts)
         shards = _shards(len(responses), j["shard_size"])
         with tqdm(total=len(responses), desc=f"iter{t} judge", unit="prompt") as bar:
             for n, (a, b) in enumerate(shards):
@@ -421,7 +434,7 @@ def judge_stage(run: Run, t: int, force: bool = False, judge=None) -> dict:
                 if not shard.is_file():
                     judge = judge or make_judge(cfg, run)
                     rows = responses.select(range(a, b))
-                    mats = judge.win_matrices(rows["prompt"], rows["responses"])
+                    mats = judge.win_matrices(prompts[a:b], rows["responses"])
                     save_parquet(Dataset.from_dict({"prompt_id": rows["prompt_id"],
                                                     "matrix": [m.tolist() for m in mats]}), shard)
                 bar.update(b - a)

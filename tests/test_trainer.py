@@ -246,9 +246,20 @@ def test_qlora_steps_run_on_cpu(policy_dir, pairs, tmp_path):
     assert len(changed) == len(lora_b) > 0
 
 
-def test_qlora_model_repacked_for_cpu_inference_is_refused(policy_dir, pairs, tmp_path):
+def test_qlora_reference_logps_then_training_is_safe(policy_dir, pairs, tmp_path):
+    # load_policy switches bitsandbytes' CPU repacking off, so the natural flow works.
     model, tok = load_policy(policy_dir, mode="qlora")
     pairs_ref = add_reference_logps(pairs, model, tok)  # an eval-mode no-grad forward
+    assert not repacked_for_cpu_inference(model)
+    SPPOTrainer(model.train(), config(tmp_path, max_steps=1), train_dataset=pairs_ref, processing_class=tok).train()
+
+
+def test_qlora_model_repacked_for_cpu_inference_is_refused(policy_dir, pairs, tmp_path):
+    model, tok = load_policy(policy_dir, mode="qlora")
+    for module in model.modules():  # what a 4-bit model loaded without load_policy does
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = True
+    pairs_ref = add_reference_logps(pairs, model, tok)
     if not repacked_for_cpu_inference(model):
         pytest.skip("bitsandbytes repacks 4-bit weights only on CPUs with AVX512-BF16")
     with pytest.raises(ValueError, match="repacked this 4-bit model .* reload it"):
