@@ -89,8 +89,8 @@ def cmd_pipeline(args) -> int:
     config = loop.load_config(args.config, args.set)
     t0 = time.time()
     if args.command == "iterate":
-        loop.run_all(config, args.output_dir, force=tuple(args.force or ()), iterations=args.iterations)
-        print(f"sppo-lite iterate: {args.iterations or config['iterations']} iteration(s) complete in "
+        run = loop.run_all(config, args.output_dir, force=tuple(args.force or ()), iterations=args.iterations)
+        run.log(f"sppo-lite iterate: {args.iterations or config['iterations']} iteration(s) complete in "
               f"{args.output_dir} ({time.time() - t0:.1f} s)")
     else:
         loop.quiet_datasets()

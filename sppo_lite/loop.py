@@ -10,6 +10,10 @@ manifest.json (config hash, seed, model, K, counts, package versions) written la
 skips a finished stage whose config hash matches, refuses one whose config changed (use --force
 or a new output dir), and resumes a stage that was killed from its last finished shard. Seeds
 depend on (seed, prompt id, sample index) only, so a resumed run produces the identical dataset.
+
+The same command runs under `torchrun` / `accelerate launch`: generation and judging shards are
+spread over the processes (one GPU each), build runs on rank 0, and training is data-parallel
+through the Trainer (DDP; DeepSpeed / FSDP for full fine-tuning via an accelerate config).
 """
 from __future__ import annotations
 
@@ -164,17 +168,45 @@ def _versions() -> dict:
 
 
 def _device(name: str) -> str:
+    """"auto": this process's GPU (LOCAL_RANK under torchrun / accelerate launch), else the CPU."""
     if name != "auto":
         return name
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
 
 
 # ---------------------------------------------------------------- artifacts
 
 class StageChanged(ValueError):
     """A finished stage was made with another config."""
+
+
+def _rank_world() -> tuple[int, int]:
+    """(rank, world size) as torchrun / accelerate launch set them; (0, 1) in a plain process."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _launch_token() -> str:
+    """Tells this launch's processes apart from a crashed earlier launch's leftovers."""
+    return f"{os.environ.get('TORCHELASTIC_RUN_ID', '')}:{os.environ.get('MASTER_PORT', '')}:{_rank_world()[1]}"
+
+
+def _wait_until(condition, poll_s: float = 0.5) -> None:
+    """Block until condition() holds (torchrun ends every process if rank 0 dies, so no timeout)."""
+    while not condition():
+        time.sleep(poll_s)
+
+
+def _wait_for_manifest(final: Path, config_hash: str, name: str) -> dict:
+    _wait_until(lambda: (m := read_manifest(final)) is not None and m["config_hash"] == config_hash)
+    return read_manifest(final)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _write_json_atomic(path: Path, obj) -> None:
@@ -211,6 +243,8 @@ class Run:
 
     def __post_init__(self):
         self.output_dir = Path(self.output_dir)
+        if _rank_world()[0] != 0:  # one voice per launch: rank 0 reports
+            self.log = lambda *_: None
 
     def stage_dir(self, t: int, stage: str) -> Path:
         return self.output_dir / f"iter{t}" / stage
@@ -230,6 +264,10 @@ class Run:
         if name != "tiny":
             return name
         target = self.output_dir / "base" / ("tiny-policy" if section == "policy" else "tiny-pairrm")
+        if _rank_world()[0] != 0:  # rank 0 builds it; the others wait for it to be complete and usable
+            _wait_until(lambda: (target / ".complete").exists() and (
+                section == "policy" or Path(json.loads((target / "config.json").read_text())["model_name"]).is_dir()))
+            return str(target)
         if not (target / ".complete").exists():
             tmp = target.with_name(target.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
@@ -256,8 +294,13 @@ class Run:
 
     # --------------------------------------------------------- stage bookkeeping
 
-    def _stage(self, t: int, stage: str, fingerprint: dict, force: bool, work):
-        """Run `work(tmp_dir, partial_dir) -> (counts, summary)` unless the stage is already done."""
+    def _stage(self, t: int, stage: str, fingerprint: dict, force: bool, work, all_ranks: bool = False):
+        """Run `work(tmp_dir, partial_dir) -> (counts, summary, artifact)` unless the stage is already done.
+
+        Under torchrun / accelerate launch, rank 0 owns the folders and the manifest; with all_ranks
+        every rank runs `work` (sharded generation and judging, DDP training) and the others return
+        None from it; without, the other ranks wait for rank 0's manifest.
+        """
         final = self.stage_dir(t, stage)
         config_hash = _hash(fingerprint)
         done = read_manifest(final)
@@ -269,23 +312,30 @@ class Run:
                     f"{config_hash}): rerun with --force {stage} to redo it, or use a new --output-dir")
             self.log(f"{name}: done already, skipped ({done['summary']})")
             return done
-        partial = final.with_name(stage + ".partial")
-        stamp = partial / "config_hash"
-        if partial.exists() and (force or not stamp.is_file() or stamp.read_text() != config_hash):
-            shutil.rmtree(partial)  # shards of another config (or forced): never mix them in
-        partial.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(config_hash)
-        tmp = final.with_name(stage + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        rank, _ = _rank_world()
+        partial, tmp = final.with_name(stage + ".partial"), final.with_name(stage + ".tmp")
+        stamp, ready = partial / "config_hash", f"{config_hash} {_launch_token()}"
+        if rank == 0:
+            if partial.exists() and (force or not stamp.is_file() or stamp.read_text().split()[0] != config_hash):
+                shutil.rmtree(partial)  # shards of another config (or forced): never mix them in
+            partial.mkdir(parents=True, exist_ok=True)
+            _write_text_atomic(stamp, ready)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        elif not all_ranks:
+            return _wait_for_manifest(final, config_hash, name)
+        else:
+            _wait_until(lambda: stamp.is_file() and stamp.read_text() == ready)
         t0 = time.time()
         counts, summary, artifact = work(tmp, partial)
+        if rank != 0:
+            return _wait_for_manifest(final, config_hash, name)
         manifest = {
             "stage": stage, "iteration": t, "config_hash": config_hash, "inputs": fingerprint,
             "seed": self.config["seed"], "counts": counts, "summary": summary,
             "artifact_hash": _file_hash(tmp / artifact) if artifact else config_hash,
             "elapsed_s": round(time.time() - t0, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "versions": _versions(),
+            "versions": _versions(), "world_size": _rank_world()[1],
         }
         _write_json_atomic(tmp / "manifest.json", manifest)
         _publish(tmp, final)
@@ -353,11 +403,15 @@ def generate_stage(run: Run, t: int, force: bool = False) -> dict:
         opts = dict(k=g["k"], temperature=g["temperature"], top_p=g["top_p"], max_new_tokens=g["max_new_tokens"],
                     seed=cfg["seed"], max_prompt_tokens=g["max_prompt_tokens"], long_prompts=g["long_prompts"])
         model = tokenizer = None
+        rank, world = _rank_world()
         stats_total = {"prompts": 0, "generated": 0, "skipped": 0, "truncated": 0}
-        with tqdm(total=len(ids), desc=f"iter{t} generate", unit="prompt") as bar:
+        with tqdm(total=len(ids), desc=f"iter{t} generate", unit="prompt", disable=rank != 0) as bar:
             for n, (a, b) in enumerate(shards):
                 shard, stats_file = partial / f"shard-{n:05d}.parquet", partial / f"shard-{n:05d}.json"
-                if not (shard.is_file() and stats_file.is_file()):
+                if n % world != rank:  # another process's shard
+                    if rank == 0:
+                        _wait_until(stats_file.is_file)
+                elif not (shard.is_file() and stats_file.is_file()):
                     if g["backend"] == "vllm":
                         ds, stats = generate_responses_vllm(policy, prompts[a:b], prompt_ids=ids[a:b], **opts)
                     else:
@@ -366,18 +420,22 @@ def generate_stage(run: Run, t: int, force: bool = False) -> dict:
                         ds, stats = generate_responses(model, tokenizer, prompts[a:b], prompt_ids=ids[a:b],
                                                        batch_size=g["batch_size"], progress=False, **opts)
                     save_parquet(ds, shard)
-                    _write_json_atomic(stats_file, stats)
+                    _write_json_atomic(stats_file, stats)  # written last: marks the shard complete
+                if rank != 0:
+                    continue
                 stats = json.loads(stats_file.read_text())
                 for key in stats_total:
                     stats_total[key] += stats[key]
                 bar.update(b - a)
+        if rank != 0:
+            return None, None, None
         _concat_shards(partial, len(shards)).to_parquet(str(tmp / "responses.parquet"))
         counts = {**stats_total, "k": g["k"], "policy": policy}
         summary = (f"{stats_total['generated']} prompts × {g['k']} responses "
                    f"({stats_total['skipped']} skipped, {stats_total['truncated']} truncated as too long)")
         return counts, summary, "responses.parquet"
 
-    return run._stage(t, "generate", fingerprint, force, work)
+    return run._stage(t, "generate", fingerprint, force, work, all_ranks=True)
 
 
 def _load_generator(policy: str, cfg: dict):
@@ -428,21 +486,27 @@ def judge_stage(run: Run, t: int, force: bool = False, judge=None) -> dict:
         if j["template_prompts"]:
             prompts = _templated(run.policy_path(t), prompts)
         shards = _shards(len(responses), j["shard_size"])
-        with tqdm(total=len(responses), desc=f"iter{t} judge", unit="prompt") as bar:
+        rank, world = _rank_world()
+        with tqdm(total=len(responses), desc=f"iter{t} judge", unit="prompt", disable=rank != 0) as bar:
             for n, (a, b) in enumerate(shards):
                 shard = partial / f"shard-{n:05d}.parquet"
-                if not shard.is_file():
+                if n % world != rank:
+                    if rank == 0:
+                        _wait_until(shard.is_file)
+                elif not shard.is_file():
                     judge = judge or make_judge(cfg, run)
                     rows = responses.select(range(a, b))
                     mats = judge.win_matrices(prompts[a:b], rows["responses"])
                     save_parquet(Dataset.from_dict({"prompt_id": rows["prompt_id"],
                                                     "matrix": [m.tolist() for m in mats]}), shard)
                 bar.update(b - a)
+        if rank != 0:
+            return None, None, None
         _concat_shards(partial, len(shards)).to_parquet(str(tmp / "judgements.parquet"))
         counts = {"prompts": len(responses), "judge": j["type"], "model": j["model"], "mode": j["mode"]}
         return counts, f"{len(responses)} win matrices ({j['type']}, {j['mode']})", "judgements.parquet"
 
-    return run._stage(t, "judge", fingerprint, force, work)
+    return run._stage(t, "judge", fingerprint, force, work, all_ranks=True)
 
 
 def build_stage(run: Run, t: int, force: bool = False) -> dict:
@@ -489,12 +553,14 @@ def train_stage(run: Run, t: int, force: bool = False) -> dict:
         metrics, history = train_and_merge(policy, run.stage_dir(t, "build") / "sppo.parquet", tmp / "model",
                                            checkpoint_dir=partial / "checkpoints", mode=cfg["policy"]["mode"],
                                            dtype=cfg["policy"]["dtype"], seed=cfg["seed"], **cfg["train"])
+        if _rank_world()[0] != 0:
+            return None, None, None
         _write_json_atomic(tmp / "log_history.json", history)
         summary = (f"π_{t + 1} trained ({cfg['train']['loss_type']}, β={cfg['train']['beta']}, "
                    f"{cfg['policy']['mode']}), loss {metrics.get('train_loss', float('nan')):.4g}")
         return {"metrics": metrics, "mode": cfg["policy"]["mode"], "steps": len(history)}, summary, None
 
-    return run._stage(t, "train", fingerprint, force, work)
+    return run._stage(t, "train", fingerprint, force, work, all_ranks=True)
 
 
 STAGE_FUNCTIONS = {"generate": generate_stage, "judge": judge_stage, "build": build_stage, "train": train_stage}

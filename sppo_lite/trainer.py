@@ -311,8 +311,10 @@ def train_and_merge(policy_path, dataset_path, output_dir, checkpoint_dir, mode:
                                    lora_dropout=lora_dropout, gradient_checkpointing=gradient_checkpointing)
     model.train()
     dataset = Dataset.from_parquet(str(dataset_path))
+    on_gpu = torch.cuda.is_available()
+    # use_cpu also makes torchrun on CPU data-parallel (gloo); without it every rank trains alone.
     args = SPPOConfig(output_dir=str(checkpoint_dir), seed=seed, save_strategy="steps", save_steps=save_steps,
-                      save_total_limit=1, report_to=[], dataloader_pin_memory=torch.cuda.is_available(),
+                      save_total_limit=1, report_to=[], dataloader_pin_memory=on_gpu, use_cpu=not on_gpu,
                       **_mixed_precision(bf16), **config)
     trainer = SPPOTrainer(model, args, train_dataset=dataset, processing_class=tokenizer)
     last = get_last_checkpoint(str(checkpoint_dir)) if Path(checkpoint_dir).is_dir() else None
@@ -321,11 +323,13 @@ def train_and_merge(policy_path, dataset_path, output_dir, checkpoint_dir, mode:
 
     output_dir = Path(output_dir)
     if mode == "full":
-        trainer.save_model(str(output_dir))
-    else:
-        merged = _merge_adapter(trainer.model, policy_path, mode, dtype, Path(checkpoint_dir) / "adapter")
+        trainer.save_model(str(output_dir))  # collective under DeepSpeed / FSDP; rank 0 writes
+    elif trainer.is_world_process_zero():
+        merged = _merge_adapter(trainer.accelerator.unwrap_model(trainer.model), policy_path, mode, dtype,
+                                Path(checkpoint_dir) / "adapter")
         merged.save_pretrained(str(output_dir))
-    tokenizer.save_pretrained(str(output_dir))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(output_dir))
     return metrics, history
 
 
