@@ -32,6 +32,7 @@ import yaml
 __all__ = ["STAGES", "DEFAULT_CONFIG", "load_config", "apply_overrides", "Run", "run_iteration", "run_all"]
 
 STAGES = ("generate", "judge", "build", "train")
+JUDGE_TYPES = ("pairrm", "reward_model", "length", "cyclic_style")
 
 # Every key a config may set, with its default. Configs override these; unknown keys are errors.
 DEFAULT_CONFIG = {
@@ -47,7 +48,7 @@ DEFAULT_CONFIG = {
         "source": "data/prompts.jsonl",    # .jsonl / .parquet / hub dataset id (UltraFeedback)
         "split": "train",
         "column": None,
-        "thirds": 3,                       # disjoint parts of the prompts, one per iteration (paper: 3)
+        "thirds": 3,                       # disjoint parts, one per iteration (paper: 3); null: all prompts every iteration
         "n_prompts": None,                 # per iteration; None = the whole part
     },
     "generation": {
@@ -57,11 +58,15 @@ DEFAULT_CONFIG = {
         "shard_size": 256,                 # prompts per resumable shard
     },
     "judge": {
-        "type": "pairrm",                  # pairrm | reward_model | length
+        "type": "pairrm",                  # pairrm | reward_model | length | cyclic_style
         "model": "llm-blender/PairRM",     # "tiny": a tiny PairRM-shaped ranker built locally
         "mode": "official",                # pairrm: official (BT scores, as the paper) | pairwise
         "batch_size": 16, "dtype": None, "device": "auto",
         "template_prompts": True,          # show the judge the prompt in π_t's chat template (official rank.py)
+        "markers": None,                   # cyclic_style: one marker string per style
+        "style_matrix": None,              # cyclic_style: the styles' preference matrix (default game.weighted_cycle())
+        "quality_keyword": None,           # cyclic_style: q(y) = occurrences of this word (within-style quality)
+        "quality_weight": 0.2,             # cyclic_style: P = (1 − w)·S + w·σ(q_i − q_j)
         "length_scale": 20.0,              # length judge: P_ij = σ((len_i − len_j)/scale)
         "shard_size": 256,
     },
@@ -133,11 +138,13 @@ def _validate(config: dict) -> None:
         raise ValueError(f"generation.k must be an integer >= 2 (SPPO compares each sample with the others), got {g['k']}")
     if not isinstance(config["iterations"], int) or config["iterations"] < 1:
         raise ValueError(f"iterations must be a positive integer, got {config['iterations']}")
-    if config["iterations"] > config["prompts"]["thirds"]:
+    if config["prompts"]["thirds"] is not None and config["iterations"] > config["prompts"]["thirds"]:
         raise ValueError(f"iterations ({config['iterations']}) exceeds prompts.thirds ({config['prompts']['thirds']}): "
                          f"each iteration needs its own part of the prompts")
-    if j["type"] not in ("pairrm", "reward_model", "length"):
-        raise ValueError(f"judge.type must be pairrm, reward_model or length, got {j['type']!r}")
+    if j["type"] not in JUDGE_TYPES:
+        raise ValueError(f"judge.type must be one of {', '.join(JUDGE_TYPES)}, got {j['type']!r}")
+    if j["type"] == "cyclic_style" and not j["markers"]:
+        raise ValueError("judge.type cyclic_style needs judge.markers: one marker string per style")
     if g["backend"] not in ("transformers", "vllm"):
         raise ValueError(f"generation.backend must be transformers or vllm, got {g['backend']!r}")
     for section in ("generation", "judge"):
@@ -359,7 +366,9 @@ def iteration_prompts(config: dict, t: int) -> tuple[list[int], list[str]]:
 
     p = config["prompts"]
     prompts = load_prompts(p["source"], split=p["split"], prompt_column=p["column"])
-    ids = iteration_split(list(range(len(prompts))), t, n_iterations=p["thirds"], seed=config["seed"])
+    ids = list(range(len(prompts)))
+    if p["thirds"] is not None:
+        ids = iteration_split(ids, t, n_iterations=p["thirds"], seed=config["seed"])
     if p["n_prompts"] is not None:
         ids = ids[: p["n_prompts"]]
     if not ids:
@@ -453,6 +462,11 @@ def make_judge(cfg: dict, run: Run | None = None):
     j = cfg["judge"]
     if j["type"] == "length":
         return judges.LengthJudge(scale=j["length_scale"])
+    if j["type"] == "cyclic_style":
+        word = j["quality_keyword"]
+        return judges.CyclicStyleJudge(j["markers"], j["style_matrix"],
+                                       quality=(lambda y: y.split().count(word)) if word else None,
+                                       quality_weight=j["quality_weight"])
     model = run.base_model("judge") if run is not None else j["model"]
     device = _device(j["device"])
     if j["type"] == "reward_model":
@@ -550,6 +564,14 @@ def train_stage(run: Run, t: int, force: bool = False) -> dict:
                    "start": policy if t == 1 else run._upstream(t - 1, "train")}
 
     def work(tmp, partial):
+        if read_manifest(run.stage_dir(t, "build"))["counts"]["rows"] == 0:
+            # Every pair tied (e.g. all K samples identical): no signal, so π_{t+1} = π_t.
+            if _rank_world()[0] != 0:
+                return None, None, None
+            shutil.copytree(policy, tmp / "model", ignore=shutil.ignore_patterns(".complete"))
+            _write_json_atomic(tmp / "log_history.json", [])
+            return {"metrics": {}, "mode": cfg["policy"]["mode"], "steps": 0}, \
+                f"no training rows: π_{t + 1} = π_{t} (every pair tied)", None
         metrics, history = train_and_merge(policy, run.stage_dir(t, "build") / "sppo.parquet", tmp / "model",
                                            checkpoint_dir=partial / "checkpoints", mode=cfg["policy"]["mode"],
                                            dtype=cfg["policy"]["dtype"], seed=cfg["seed"], **cfg["train"])

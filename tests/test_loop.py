@@ -230,3 +230,14 @@ def test_training_killed_mid_stage_resumes_from_its_checkpoint(tmp_path, repo_cw
     b = _weights(resumed.stage_dir(1, "train") / "model")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_iteration_without_training_signal_keeps_the_policy(tmp_path, repo_cwd):
+    # Greedy decoding: the K samples of a prompt are identical, every pair ties, nothing to train on.
+    config = tiny_config(tmp_path, **{"generation.temperature": 0})
+    run = loop.Run(config, tmp_path / "run", log=lambda *_: None)
+    manifests = loop.run_iteration(run, 1)
+    assert manifests["build"]["counts"]["rows"] == 0
+    assert manifests["train"]["counts"]["steps"] == 0
+    a, b = _weights(run.output_dir / "base" / "tiny-policy"), _weights(run.stage_dir(1, "train") / "model")
+    assert all(torch.equal(a[k], b[k]) for k in a)

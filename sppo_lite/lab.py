@@ -1,0 +1,225 @@
+"""The tiny-LM self-play lab: a language model whose answers come in styles that play rock-paper-scissors.
+
+A tiny Mistral is taught (SFT) to answer every prompt in one of three styles, each opened by a marker
+("Sure!", "Well,", "Briefly:"), in a skewed mix π_0. A CyclicStyleJudge prefers the styles in a cycle
+(game.weighted_cycle: no reward model can represent it) and, with a small weight, answers that say
+"good". SPPO iterations through the real pipeline (sppo_lite.loop) should then move the style mix like
+multiplicative weights: π_{t+1}(s) ∝ π_t(s)·exp(η·P(s ≻ π_t)), η = 1/β.
+"""
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from . import game
+
+__all__ = ["MARKERS", "BODIES", "style_response", "style_sft_chats", "build_lab_policy", "style_mix",
+           "lab_config", "style_payoff", "mix_trajectory", "run_arm", "samples", "win_rate_vs", "logratio_moves", "fit_effective_eta"]
+
+MARKERS = ("Sure!", "Well,", "Briefly:")
+# Two bodies per style: the first says "good" (the judge's within-style quality), the second does not.
+BODIES = {
+    "Sure!": ("here is a good answer for you.", "here is an answer for you."),
+    "Well,": ("I think a good answer is this one.", "I think an answer is this one."),
+    "Briefly:": ("good answer.", "an answer."),
+}
+
+
+def style_response(style: int, good: bool) -> str:
+    """The response text of a style (0, 1, 2) with or without the quality word."""
+    marker = MARKERS[style]
+    return f"{marker} {BODIES[marker][0 if good else 1]}"
+
+
+def style_sft_chats(prompts, mix, per_prompt: int = 8, good_fraction: float = 0.5, seed: int = 0) -> list[list[dict]]:
+    """SFT chats: for each prompt, `per_prompt` answers whose styles follow `mix` exactly in expectation."""
+    mix = game.validate_policy(mix, len(MARKERS))
+    rng = random.Random(seed)
+    chats = []
+    for prompt in prompts:
+        for _ in range(per_prompt):
+            style = rng.choices(range(len(MARKERS)), weights=mix)[0]
+            answer = style_response(style, rng.random() < good_fraction)
+            chats.append([{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}])
+    return chats
+
+
+def build_lab_policy(path, prompts, mix=(0.6, 0.3, 0.1), per_prompt: int = 8, epochs: int = 8,
+                     learning_rate: float = 5e-3, batch_size: int = 32, seed: int = 0) -> str:
+    """Tiny Mistral + tokenizer, SFT on style_sft_chats (loss on answer tokens only), saved to `path`.
+
+    Uses transformers Trainer with DataCollatorForSeq2Seq (labels −100 on prompt and padding).
+    Does nothing if `path` already holds a finished policy.
+    """
+    from datasets import Dataset
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from .data import encode_chat
+    from .modeling import build_tiny_model, build_tiny_tokenizer
+
+    path = Path(path)
+    if (path / ".complete").exists():
+        return str(path)
+    chats = style_sft_chats(prompts, mix, per_prompt=per_prompt, seed=seed)
+    tokenizer = build_tiny_tokenizer([m["content"] for chat in chats[:: per_prompt] for m in chat]
+                                     + [style_response(s, g) for s in range(3) for g in (True, False)])
+    tokenizer.pad_token = tokenizer.eos_token
+    model = build_tiny_model(tokenizer, seed=seed)
+
+    def encode(chat):
+        enc = encode_chat(tokenizer, chat, max_length=256, max_prompt_length=192)
+        labels = list(enc["input_ids"])
+        labels[: enc["prompt_length"]] = [-100] * enc["prompt_length"]
+        return {"input_ids": enc["input_ids"], "attention_mask": [1] * len(labels), "labels": labels}
+
+    data = Dataset.from_list([encode(c) for c in chats])
+    args = TrainingArguments(output_dir=str(path.with_name(path.name + ".sft")), num_train_epochs=epochs,
+                             learning_rate=learning_rate, per_device_train_batch_size=batch_size,
+                             lr_scheduler_type="cosine", warmup_steps=0.1, seed=seed, report_to=[],
+                             save_strategy="no", logging_steps=10, use_cpu=True, disable_tqdm=True)
+    Trainer(model=model, args=args, train_dataset=data,
+            data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)).train()
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    (path / ".complete").write_text("")
+    shutil.rmtree(args.output_dir, ignore_errors=True)  # nothing is saved there (save_strategy "no")
+    return str(path)
+
+
+def style_mix(responses, markers=MARKERS) -> tuple[np.ndarray, float]:
+    """(share of each style among styled responses, share of responses with no marker)."""
+    from .judges import CyclicStyleJudge
+
+    judge = CyclicStyleJudge(markers)
+    styles = [judge.style(r) for r in responses]
+    counts = np.bincount([s for s in styles if s is not None], minlength=len(markers)).astype(float)
+    n_marked = counts.sum()
+    return (counts / n_marked if n_marked else np.full(len(markers), np.nan)), 1 - n_marked / max(len(styles), 1)
+
+
+def style_payoff(style_matrix, quality_weight: float) -> np.ndarray:
+    """The style game the judge plays on average: (1 − w)·S + w·½ (the quality term is a coin flip across styles)."""
+    return (1 - quality_weight) * np.asarray(style_matrix, dtype=float) + quality_weight * 0.5
+
+
+def lab_config(policy_path: str, prompts_path: str, method: str = "sppo", iterations: int = 6,
+               n_prompts: int = 48, k: int = 8, beta: float = 0.125, learning_rate: float = 3e-3,
+               epochs: int = 2, quality_weight: float = 0.2, seed: int = 0) -> dict:
+    """The loop config of one lab arm: SPPO (every sample, its own target) or iterative DPO (best vs worst)."""
+    from .loop import load_config
+
+    if method not in ("sppo", "dpo"):
+        raise ValueError(f"method must be 'sppo' or 'dpo', got {method!r}")
+    overrides = {
+        "seed": seed, "iterations": iterations,
+        "policy": {"model": str(policy_path), "mode": "full", "device": "cpu"},
+        # The same prompts every iteration: the lab watches one policy's style mix move.
+        "prompts": {"source": str(prompts_path), "thirds": None, "n_prompts": n_prompts},
+        # T = 1, top_p = 1: samples come from π_t itself, so their style shares estimate π_t.
+        "generation": {"k": k, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 16, "batch_size": 16,
+                       "max_prompt_tokens": 192, "shard_size": 1024},
+        "judge": {"type": "cyclic_style", "markers": list(MARKERS), "style_matrix": game.weighted_cycle().tolist(),
+                  "quality_keyword": "good", "quality_weight": quality_weight, "template_prompts": False,
+                  "shard_size": 1024, "device": "cpu"},
+        "build": {"pair_mode": "all" if method == "sppo" else "best_worst", "ref_batch_size": 64},
+        "train": {"loss_type": method, "beta": beta, "learning_rate": learning_rate, "optim": "adamw_torch",
+                  "lr_scheduler_type": "constant", "warmup_steps": 0, "num_train_epochs": epochs,
+                  "per_device_train_batch_size": 32, "max_length": 256, "max_prompt_length": 192,
+                  "gradient_checkpointing": False, "bf16": False, "logging_steps": 1, "save_steps": 10_000},
+    }
+    return load_config(None, _flatten(overrides))
+
+
+def _flatten(tree: dict, prefix: str = "") -> list[str]:
+    import json
+
+    out = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out += _flatten(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={json.dumps(value)}")
+    return out
+
+
+def mix_trajectory(run, iterations: int) -> tuple[np.ndarray, list[float]]:
+    """Style mix of π_1..π_{T+1} from each iteration's samples (rows), and each one's unmarked share."""
+    from datasets import Dataset
+
+    mixes, unmarked = [], []
+    for t in range(1, iterations + 2):
+        responses = Dataset.from_parquet(str(run.stage_dir(t, "generate") / "responses.parquet"))["responses"]
+        mix, none = style_mix([r for rs in responses for r in rs])
+        mixes.append(mix)
+        unmarked.append(none)
+    return np.array(mixes), unmarked
+
+
+def run_arm(config: dict, output_dir, log=print):
+    """Iterations 1..T of one arm through sppo_lite.loop, plus π_{T+1}'s samples to measure where it ended."""
+    from .loop import generate_stage, run_all
+
+    run = run_all(config, output_dir, log=log)
+    generate_stage(run, config["iterations"] + 1)
+    return run
+
+
+def samples(run, t: int) -> tuple[list[str], list[list[str]]]:
+    """(prompts, K responses each) that π_t generated in iteration t."""
+    from datasets import Dataset
+
+    ds = Dataset.from_parquet(str(run.stage_dir(t, "generate") / "responses.parquet"))
+    return list(ds["prompt"]), list(ds["responses"])
+
+
+def win_rate_vs(judge, run_a, t_a: int, run_b, t_b: int, n_boot: int = 1000) -> dict:
+    """P(π_a ≻ π_b) under the judge, sample j of a prompt against sample j of the same prompt."""
+    from .evaluate import evaluate_against
+
+    prompts, a = samples(run_a, t_a)
+    prompts_b, b = samples(run_b, t_b)
+    if prompts != prompts_b:
+        raise ValueError("the two iterations were sampled on different prompts: compare runs of one lab")
+    flat = [(p, x, y) for p, xs, ys in zip(prompts, a, b) for x, y in zip(xs, ys)]
+    return evaluate_against(judge, *map(list, zip(*flat)), n_boot=n_boot)
+
+
+def logratio_moves(run, t: int) -> dict:
+    """Δ = log π_{t+1}(y) − log π_t(y) of iteration t's trained responses, beside their win rates.
+
+    SPPO rows (one per response): {"win_prob", "delta"}; pair rows (DPO): {"delta_chosen",
+    "delta_rejected", "win_chosen", "win_rejected"}.
+    """
+    from datasets import Dataset
+
+    from .data import add_reference_logps
+    from .modeling import load_policy
+
+    ds = Dataset.from_parquet(str(run.stage_dir(t, "build") / "sppo.parquet"))
+    ref_cols = [c for c in ds.column_names if c.startswith("ref_")]
+    model, tokenizer = load_policy(str(run.stage_dir(t, "train") / "model"))
+    tr = run.config["train"]
+    after = add_reference_logps(ds.remove_columns(ref_cols), model, tokenizer, batch_size=64,
+                                max_length=tr["max_length"], max_prompt_length=tr["max_prompt_length"])
+    if "ref_response_logps" in ref_cols:
+        return {"win_prob": np.array(ds["win_prob"]),
+                "delta": np.array(after["ref_response_logps"]) - np.array(ds["ref_response_logps"])}
+    return {"win_chosen": np.array(ds["chosen_probs_win"]), "win_rejected": np.array(ds["chosen_probs_lose"]),
+            "delta_chosen": np.array(after["ref_chosen_logps"]) - np.array(ds["ref_chosen_logps"]),
+            "delta_rejected": np.array(after["ref_rejected_logps"]) - np.array(ds["ref_rejected_logps"])}
+
+
+def fit_effective_eta(mixes, payoff, etas=None) -> tuple[float, np.ndarray]:
+    """The η whose exact multiplicative weights from mixes[0] best fits the measured mixes (least squares).
+
+    Returns (η_eff, its predicted trajectory). Compare with the nominal η = 1/β to see how much of
+    each SPPO target the language model realised on its style tokens.
+    """
+    mixes = np.asarray(mixes, dtype=float)
+    etas = np.geomspace(0.5, 64, 200) if etas is None else np.asarray(etas, dtype=float)
+    errors = [np.sum((game.sppo_dynamics(payoff, e, len(mixes) - 1, pi0=mixes[0]) - mixes) ** 2) for e in etas]
+    best = float(etas[int(np.argmin(errors))])
+    return best, game.sppo_dynamics(payoff, best, len(mixes) - 1, pi0=mixes[0])

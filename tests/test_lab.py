@@ -1,0 +1,75 @@
+"""The tiny-LM lab's pieces (the full lab runs as notebook 03's SMOKE test)."""
+import numpy as np
+import pytest
+
+from sppo_lite import game, lab, loop
+
+
+def test_sft_chats_follow_the_mix_and_use_the_markers():
+    chats = lab.style_sft_chats(["p1", "p2"], (0.6, 0.3, 0.1), per_prompt=3000, seed=1)
+    answers = [c[1]["content"] for c in chats]
+    mix, unmarked = lab.style_mix(answers)
+    np.testing.assert_allclose(mix, [0.6, 0.3, 0.1], atol=0.02)
+    assert unmarked == 0
+    assert abs(np.mean(["good" in a.split() for a in answers]) - 0.5) < 0.02
+    with pytest.raises(ValueError, match="sum to 1"):
+        lab.style_sft_chats(["p"], (0.5, 0.5, 0.5))
+
+
+def test_style_mix_counts_unmarked_answers_apart():
+    mix, unmarked = lab.style_mix(["Sure! x", "Well, y", "Well, z", "no marker"])
+    np.testing.assert_allclose(mix, [1 / 3, 2 / 3, 0])
+    assert unmarked == 0.25
+
+
+def test_the_judge_plays_the_cycle_plus_quality():
+    cfg = lab.lab_config("policy", "prompts.jsonl", quality_weight=0.2)
+    judge = loop.make_judge(cfg)
+    sure_good, well_plain = lab.style_response(0, True), lab.style_response(1, False)
+    S = game.weighted_cycle()
+    # (1 − w)·S[0, 1] + w·σ(1 − 0)
+    expected = 0.8 * S[0, 1] + 0.2 / (1 + np.exp(-1.0))
+    assert judge.win_matrix("x", [sure_good, well_plain])[0, 1] == pytest.approx(expected)
+
+
+def test_payoff_keeps_the_nash():
+    S = game.weighted_cycle()
+    np.testing.assert_allclose(game.nash_equilibrium(lab.style_payoff(S, 0.2)), game.nash_equilibrium(S), atol=1e-8)
+
+
+def test_lab_configs_differ_only_where_the_methods_do():
+    sppo = lab.lab_config("policy", "prompts.jsonl", "sppo")
+    dpo = lab.lab_config("policy", "prompts.jsonl", "dpo")
+    assert (sppo["build"]["pair_mode"], dpo["build"]["pair_mode"]) == ("all", "best_worst")
+    assert (sppo["train"]["loss_type"], dpo["train"]["loss_type"]) == ("sppo", "dpo")
+    assert sppo["generation"] == dpo["generation"] and sppo["judge"] == dpo["judge"]
+    assert sppo["generation"]["temperature"] == 1.0 and sppo["prompts"]["thirds"] is None
+    with pytest.raises(ValueError, match="method"):
+        lab.lab_config("policy", "prompts.jsonl", "ipo")
+
+
+def test_effective_eta_is_recovered_from_exact_dynamics():
+    payoff = lab.style_payoff(game.weighted_cycle(), 0.2)
+    mixes = game.sppo_dynamics(payoff, 6.0, 5, pi0=[0.6, 0.3, 0.1])
+    eta, fitted = lab.fit_effective_eta(mixes, payoff)
+    assert eta == pytest.approx(6.0, rel=0.03)
+    np.testing.assert_allclose(fitted, mixes, atol=0.02)
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_notebook_03_smoke(tmp_path):
+    from sppo_lite.notebooks import notebook_paths, run_notebook
+
+    path = next(p for p in notebook_paths() if p.name.startswith("03_"))
+    s = run_notebook(path, tmp_path)
+    assert s["smoke"] is True and s["iterations"] == 2
+    for key in ("sppo_exploitability", "sppo_avg_exploitability", "dpo_exploitability", "dpo_avg_exploitability",
+                "exact_avg_exploitability", "sppo_mixes", "dpo_mixes"):
+        assert len(s[key]) == 3, key
+    # Both arms start from the same SFT policy and its same samples.
+    assert s["sppo_mixes"][0] == s["dpo_mixes"][0]
+    assert s["sppo_exploitability"][0] == pytest.approx(s["exact_exploitability"][0])
+    assert all(0 <= v <= 100 for v in s["sppo_win_rate_vs_start"] + s["dpo_win_rate_vs_start"])
+    for name in ("style_mix_and_exploitability", "win_rate_vs_start", "logratio_moves"):
+        assert (tmp_path / path.stem / f"{name}.png").exists()
