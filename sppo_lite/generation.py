@@ -117,11 +117,13 @@ def save_parquet(dataset: Dataset, path) -> str:
 
 
 class _SeededSampling(LogitsProcessor):
-    """Temperature, top-p, then one multinomial draw per row from that row's own generator; returns a 0/−inf
-    mask on the drawn token so that greedy decoding emits it.
+    """Temperature, top-p, then one draw per row with that row's own generator; returns a 0/−inf mask on
+    the drawn token so that greedy decoding emits it.
 
-    Hand-written: generate(do_sample=True) draws every row from one global RNG, which ties a prompt's
-    samples to its batch.
+    The draw is Gumbel-max, argmax(log p + G) with G = −log(−log U) ~ Gumbel, which samples from p: the
+    uniforms come from each row's generator on the model's device, and everything else is one batched
+    op (no host round trip). Hand-written: generate(do_sample=True) draws every row from one global RNG,
+    which ties a prompt's samples to its batch.
     """
 
     def __init__(self, temperature: float, top_p: float, generators: list):
@@ -131,10 +133,11 @@ class _SeededSampling(LogitsProcessor):
     def __call__(self, input_ids, scores):
         for warp in self.warpers:
             scores = warp(input_ids, scores)
-        probs = scores.float().softmax(dim=-1).cpu()
-        drawn = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)])
-        mask = torch.full_like(scores, float("-inf"))
-        return mask.scatter_(1, drawn.to(scores.device)[:, None], 0.0)
+        vocab = scores.shape[1]
+        uniform = torch.stack([torch.rand(vocab, generator=g, device=scores.device) for g in self.generators])
+        gumbel = -torch.log(-torch.log(uniform.clamp_(min=1e-20)))
+        drawn = (scores.float().log_softmax(dim=-1) + gumbel).argmax(dim=-1)
+        return torch.full_like(scores, float("-inf")).scatter_(1, drawn[:, None], 0.0)
 
 
 def _generate_batch(model, tokenizer, batch, k, temperature, top_p, seed, config, pad_id) -> list[str]:
@@ -143,7 +146,8 @@ def _generate_batch(model, tokenizer, batch, k, temperature, top_p, seed, config
     input_ids, attention_mask = input_ids.repeat_interleave(k, 0), attention_mask.repeat_interleave(k, 0)
     processors = LogitsProcessorList()
     if temperature > 0:
-        generators = [torch.Generator().manual_seed(_row_seed(seed, p.prompt_id, j)) for p in batch for j in range(k)]
+        generators = [torch.Generator(device=model.device).manual_seed(_row_seed(seed, p.prompt_id, j))
+                      for p in batch for j in range(k)]
         processors.append(_SeededSampling(temperature, top_p, generators))
     out = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
                          generation_config=config, logits_processor=processors)
