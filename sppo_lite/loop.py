@@ -79,7 +79,7 @@ DEFAULT_CONFIG = {
         "lr_scheduler_type": "linear", "warmup_steps": 0.1, "num_train_epochs": 1,  # warmup < 1: a ratio
         "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
         "max_length": 1024, "max_prompt_length": 512, "gradient_checkpointing": True,
-        "bf16": "auto", "logging_steps": 10, "save_steps": 500, "lora_r": 16, "lora_alpha": 32,
+        "bf16": "auto", "logging_steps": 10, "save_steps": 100, "lora_r": 16, "lora_alpha": 32,
         "lora_dropout": 0.05, "reference": "precomputed",
     },
 }
@@ -425,7 +425,7 @@ def generate_stage(run: Run, t: int, force: bool = False) -> dict:
                         ds, stats = generate_responses_vllm(policy, prompts[a:b], prompt_ids=ids[a:b], **opts)
                     else:
                         if model is None:
-                            model, tokenizer = _load_generator(policy, cfg)
+                            model, tokenizer = _load_inference_policy(policy, cfg)
                         ds, stats = generate_responses(model, tokenizer, prompts[a:b], prompt_ids=ids[a:b],
                                                        batch_size=g["batch_size"], progress=False, **opts)
                     save_parquet(ds, shard)
@@ -447,12 +447,21 @@ def generate_stage(run: Run, t: int, force: bool = False) -> dict:
     return run._stage(t, "generate", fingerprint, force, work, all_ranks=True)
 
 
-def _load_generator(policy: str, cfg: dict):
+def _load_inference_policy(policy: str, cfg: dict):
+    """π_t for sampling and reference log-probs, as training will see it at step 0.
+
+    QLoRA trains on the 4-bit base, so π_t is sampled and scored in 4 bit too (its rounding
+    would otherwise show up as a log-ratio before any training); other modes use the full
+    weights. Weights load straight onto the GPU, never staged in CPU RAM.
+    """
     from .modeling import load_policy
 
     device = _device(cfg["policy"]["device"])
-    model, tokenizer = load_policy(policy, mode="full", dtype=cfg["policy"]["dtype"])
-    return model.to(device), tokenizer
+    qlora = cfg["policy"]["mode"] == "qlora"
+    device_map = {"": device} if device.startswith("cuda") or qlora else None
+    model, tokenizer = load_policy(policy, mode="qlora" if qlora else "full", dtype=cfg["policy"]["dtype"],
+                                   device_map=device_map)
+    return (model if device_map else model.to(device)), tokenizer
 
 
 def make_judge(cfg: dict, run: Run | None = None):
@@ -528,7 +537,6 @@ def build_stage(run: Run, t: int, force: bool = False) -> dict:
     import numpy as np
 
     from .data import add_reference_logps, build_sppo_dataset
-    from .modeling import load_policy
 
     cfg, b, tr = run.config, run.config["build"], run.config["train"]
     policy = run.policy_path(t)
@@ -542,9 +550,8 @@ def build_stage(run: Run, t: int, force: bool = False) -> dict:
             raise ValueError(f"iter{t}: judgements do not match the responses: redo the judge stage with --force judge")
         matrices = [np.asarray(m, dtype=float) for m in judged["matrix"]]
         ds = build_sppo_dataset(responses["prompt"], responses["responses"], matrices, pair_mode=b["pair_mode"])
-        device = _device(cfg["policy"]["device"])
-        model, tokenizer = load_policy(policy, mode="full", dtype=cfg["policy"]["dtype"])
-        ds = add_reference_logps(ds, model.to(device), tokenizer, batch_size=b["ref_batch_size"],
+        model, tokenizer = _load_inference_policy(policy, cfg)
+        ds = add_reference_logps(ds, model, tokenizer, batch_size=b["ref_batch_size"],
                                  max_length=tr["max_length"], max_prompt_length=tr["max_prompt_length"])
         ds.to_parquet(str(tmp / "sppo.parquet"))
         counts = {"prompts": len(responses), "rows": len(ds), "dropped_ties": len(responses) - len(ds)
