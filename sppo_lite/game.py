@@ -178,6 +178,17 @@ def _start(P, pi0):
         return np.log(pi0)
 
 
+def _trajectory(P, pi0, steps: int, step) -> np.ndarray:
+    """Rows π_0..π_steps, where log π_{t+1} = step(log π_t, π_t) (step returns unnormalised log-weights)."""
+    logp = _start(P, pi0)
+    out = np.empty((steps + 1, P.shape[0]))
+    out[0] = np.exp(logp)
+    for t in range(steps):
+        logp = _normalise(step(logp, out[t]))
+        out[t + 1] = np.exp(logp)
+    return out
+
+
 def _normalise(logp):
     """log-softmax of a 1-D vector (numpy only: scipy's logsumexp costs 10× more per call here)."""
     m = logp.max()
@@ -190,13 +201,7 @@ def sppo_dynamics(P, eta: float, steps: int, pi0=None) -> np.ndarray:
     Computed on log-probabilities, so η·steps in the thousands neither overflows nor underflows.
     """
     P = validate_preference(P)
-    logp = _start(P, pi0)
-    out = np.empty((steps + 1, P.shape[0]))
-    out[0] = np.exp(logp)
-    for t in range(steps):
-        logp = _normalise(logp + eta * (P @ out[t]))
-        out[t + 1] = np.exp(logp)
-    return out
+    return _trajectory(P, pi0, steps, lambda logp, pi: logp + eta * (P @ pi))
 
 
 def sppo_regression_step(P, pi, eta: float) -> np.ndarray:
@@ -261,19 +266,16 @@ def sampled_sppo_dynamics(P, eta: float, steps: int, K: int = 5, pi0=None,
     if select not in ("all", "best_worst"):
         raise ValueError(f"select must be 'all' or 'best_worst', got {select!r}")
     rng = np.random.default_rng(seed)
-    logp = _start(P, pi0)
-    out = np.empty((steps + 1, P.shape[0]))
-    out[0] = np.exp(logp)
-    for t in range(steps):
-        ys, phat = _sample_win_rates(P, out[t], K, rng, judge_noise)
+
+    def step(logp, pi):
+        ys, phat = _sample_win_rates(P, pi, K, rng, judge_noise)
         if select == "best_worst":
             keep = [int(np.argmax(phat)), int(np.argmin(phat))]
             ys, phat = ys[keep], phat[keep]
         counts = np.bincount(ys, minlength=len(logp))
-        step = np.bincount(ys, weights=phat - 0.5, minlength=len(logp)) / np.maximum(counts, 1)
-        logp = _normalise(logp + eta * step)
-        out[t + 1] = np.exp(logp)
-    return out
+        return logp + eta * np.bincount(ys, weights=phat - 0.5, minlength=len(logp)) / np.maximum(counts, 1)
+
+    return _trajectory(P, pi0, steps, step)
 
 
 # ---------------------------------------------------------------- baselines
@@ -292,26 +294,25 @@ def iterative_dpo_dynamics(P, beta: float, steps: int, K: int = 5, pi0=None, los
     if loss not in ("dpo", "ipo"):
         raise ValueError(f"loss must be 'dpo' or 'ipo', got {loss!r}")
     rng = np.random.default_rng(seed)
-    logp = _start(P, pi0)
-    out = np.empty((steps + 1, P.shape[0]))
-    out[0] = np.exp(logp)
-    for t in range(steps):
-        ys, phat = _sample_win_rates(P, out[t], K, rng, judge_noise)
+
+    def step(logp, pi):
+        ys, phat = _sample_win_rates(P, pi, K, rng, judge_noise)
         w, l = ys[int(np.argmax(phat))], ys[int(np.argmin(phat))]
-        if w != l:
-            if loss == "ipo":
-                logp[w] += 1 / (4 * beta)
-                logp[l] -= 1 / (4 * beta)
-            else:
-                gap = 0.0
-                for _ in range(inner_steps):
-                    g = beta * expit(-beta * gap)  # −∂loss/∂logit_w = ∂loss/∂logit_l
-                    logp[w] += lr * g
-                    logp[l] -= lr * g
-                    gap += 2 * lr * g
-        logp = _normalise(logp)
-        out[t + 1] = np.exp(logp)
-    return out
+        logp = logp.copy()
+        if w == l:
+            return logp
+        if loss == "ipo":
+            push = 1 / (4 * beta)
+        else:
+            push, gap = 0.0, 0.0
+            for _ in range(inner_steps):
+                g = lr * beta * expit(-beta * gap)  # lr·(−∂loss/∂logit_w) = lr·∂loss/∂logit_l
+                push, gap = push + g, gap + 2 * g
+        logp[w] += push
+        logp[l] -= push
+        return logp
+
+    return _trajectory(P, pi0, steps, step)
 
 
 def fit_bradley_terry(P) -> np.ndarray:
@@ -353,11 +354,9 @@ def nash_md_dynamics(P, eta: float, steps: int, tau: float, pi_ref=None, pi0=Non
         raise ValueError(f"tau must lie in [0, 1), got {tau}")
     n = P.shape[0]
     log_ref = np.log(np.full(n, 1.0 / n) if pi_ref is None else validate_policy(pi_ref, n))
-    logp = _start(P, pi0)
-    out = np.empty((steps + 1, n))
-    out[0] = np.exp(logp)
-    for t in range(steps):
+
+    def step(logp, pi):
         log_mix = _normalise((1 - tau) * logp + tau * log_ref)
-        logp = _normalise(log_mix + eta * (P @ np.exp(log_mix)))
-        out[t + 1] = np.exp(logp)
-    return out
+        return log_mix + eta * (P @ np.exp(log_mix))
+
+    return _trajectory(P, pi0, steps, step)

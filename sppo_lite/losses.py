@@ -15,7 +15,6 @@ so adding the same amount to both leaves them unchanged.
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 __all__ = ["sppo_loss", "sppo_single_loss", "sppo_hard_loss", "dpo_loss", "ipo_loss",

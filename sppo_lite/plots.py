@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 __all__ = ["simplex_xy", "simplex_axes", "plot_simplex", "plot_exploitability",

@@ -18,15 +18,6 @@ PROMPTS = [
 FAST = dict(max_new_tokens=12, progress=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model runs fastest on one thread: two spin against each other on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory):
     """The tiny policy loaded through the real loader, as the pipeline does."""

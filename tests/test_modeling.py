@@ -10,20 +10,6 @@ from sppo_lite.modeling import (MISTRAL_CHAT_TEMPLATE, build_tiny_model, build_t
 USER = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model runs fastest on one thread: two spin against each other on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tiny_tokenizer()
-
-
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory):
     return save_tiny_policy(tmp_path_factory.mktemp("tiny") / "policy")

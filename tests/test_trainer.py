@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, TrainingArguments
 
 from sppo_lite.data import add_reference_logps, build_sppo_dataset, encode_chat, sequence_logps
 from sppo_lite.losses import LOSSES
-from sppo_lite.modeling import build_tiny_model, build_tiny_tokenizer, load_policy, save_tiny_policy
+from sppo_lite.modeling import build_tiny_model, load_policy, save_tiny_policy
 from sppo_lite.trainer import SPPOConfig, SPPOTrainer, required_columns, train_sppo
 
 BETA = 0.1
@@ -20,20 +20,6 @@ RESPONSES = [["2 + 3 = 5.", "It is six.", "I am sorry, but I cannot help with th
              ["A spider has eight legs.", "Eight.", "The quick brown fox."],
              ["Merci.", "Thank you.", "Sure! Here is a step-by-step explanation."]]
 SCORES = [[2.0, 0.0, -2.0], [1.0, 0.5, -1.5], [3.0, -1.0, 0.0], [0.5, 1.0, -2.0]]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model runs fastest on one thread: two spin against each other on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")
