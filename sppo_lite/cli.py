@@ -4,6 +4,7 @@
     sppo-lite iterate --config F --output-dir D      iterations 1..T: generate → judge → build → train
     sppo-lite generate|judge|build|train --config F --output-dir D --iteration t
     sppo-lite notebooks [--full]                     execute the notebooks
+    sppo-lite reproduce --output-dir D [--smoke] [--gpus N]   notebooks 04 → 05 with the 8-GPU recipe
 """
 from __future__ import annotations
 
@@ -75,10 +76,11 @@ def cmd_notebooks(args) -> int:
     for p in paths:
         t0 = time.time()
         if args.full:
-            refresh_notebook(p)
+            mode = "SMOKE (needs a GPU for full), in place" if refresh_notebook(p) else "full, in place"
         else:
             run_notebook(p, args.output_dir, smoke=True)
-        print(f"{p.name}: {time.time() - t0:.1f} s ({'full, in place' if args.full else 'SMOKE'})")
+            mode = "SMOKE"
+        print(f"{p.name}: {time.time() - t0:.1f} s ({mode})")
     return 0
 
 
@@ -97,6 +99,20 @@ def cmd_pipeline(args) -> int:
         run = loop.Run(config, args.output_dir)
         run.output_dir.mkdir(parents=True, exist_ok=True)
         loop.STAGE_FUNCTIONS[args.command](run, args.iteration, force=args.force)
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    """The full reproduction: notebooks 04 (train) and 05 (evaluate) through papermill; rerun to resume."""
+    from sppo_lite.reproduce import reproduce
+
+    t0 = time.time()
+    summaries = reproduce(args.output_dir, smoke=args.smoke, gpus=args.gpus, config=args.config)
+    table = summaries.get("05_evaluation", {}).get("vs_base", {})
+    for label, result in table.items():
+        print(f"{label}: win rate vs base {result['win_rate']:.1f}, LC {result['lc_win_rate']:.1f}")
+    print(f"sppo-lite reproduce: done in {time.time() - t0:.0f} s; notebooks, figures and iterations in "
+          f"{args.output_dir}")
     return 0
 
 
@@ -121,7 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     nb.add_argument("--output-dir", default="outputs/notebooks")
     nb.add_argument("--only", nargs="*", default=[], help="substrings of notebook names to run")
     nb.set_defaults(func=cmd_notebooks)
-    subcommands = {"toy": toy, "notebooks": nb}
+    rep = sub.add_parser("reproduce", help="the full reproduction: notebooks 04 → 05 (resumable)")
+    rep.add_argument("--output-dir", required=True, help="executed notebooks, figures and iterations land here")
+    rep.add_argument("--smoke", action="store_true", help="the SMOKE setting: tiny models on CPU, about a minute")
+    rep.add_argument("--gpus", type=int, help="GPUs for training (default: all visible); > 1 uses accelerate launch")
+    rep.add_argument("--config", default="configs/full-8gpu-mistral7b.yaml", help="the recipe notebook 04 runs")
+    rep.set_defaults(func=cmd_reproduce)
+    subcommands = {"toy": toy, "notebooks": nb, "reproduce": rep}
     stage_help = {"generate": "K samples per prompt from π_t", "judge": "K×K win matrices from the judge",
                   "build": "pairs, win rates and reference log-probs", "train": "SPPO training: π_t → π_{t+1}"}
     for name, text in [("iterate", "all stages of iterations 1..T (resumable)"), *stage_help.items()]:

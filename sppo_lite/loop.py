@@ -96,6 +96,11 @@ def _merge(base: dict, update: dict, where: str = "") -> dict:
             if not isinstance(value, dict):
                 raise ValueError(f"config key {where + key!r} must be a mapping")
             out[key] = _merge(base[key], value, f"{where}{key}.")
+        elif isinstance(base[key], float) and isinstance(value, str):
+            try:  # YAML 1.1 reads 5e-7 (no dot) as text
+                out[key] = float(value)
+            except ValueError:
+                raise ValueError(f"config key {where + key!r} must be a number, got {value!r}") from None
         else:
             out[key] = value
     return out

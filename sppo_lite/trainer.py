@@ -306,7 +306,10 @@ def train_and_merge(policy_path, dataset_path, output_dir, checkpoint_dir, mode:
 
     from sppo_lite.modeling import load_policy
 
+    from transformers import set_seed
+
     gradient_checkpointing = config.pop("gradient_checkpointing", False)
+    set_seed(seed)  # the fresh LoRA adapter's initialisation is part of the run: seed it
     model, tokenizer = load_policy(policy_path, mode=mode, dtype=dtype, lora_r=lora_r, lora_alpha=lora_alpha,
                                    lora_dropout=lora_dropout, gradient_checkpointing=gradient_checkpointing)
     model.train()

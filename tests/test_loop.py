@@ -140,6 +140,7 @@ def test_force_redoes_a_stage_identically(tmp_path, repo_cwd):
     (["judge.type=oracle"], "judge.type must be"),
     (["iterations=4"], "exceeds prompts.thirds"),
     (["generation.k"], "must look like section.key=value"),
+    (["train.learning_rate=fast"], "'train.learning_rate' must be a number"),
 ])
 def test_config_errors(override, message):
     with pytest.raises(ValueError, match=message):
@@ -241,3 +242,18 @@ def test_iteration_without_training_signal_keeps_the_policy(tmp_path, repo_cwd):
     assert manifests["train"]["counts"]["steps"] == 0
     a, b = _weights(run.output_dir / "base" / "tiny-policy"), _weights(run.stage_dir(1, "train") / "model")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_exponent_without_dot_reads_as_a_number():
+    # YAML 1.1 reads 5e-7 as a string; the config knows learning_rate is a float.
+    assert loop.load_config(None, ["train.learning_rate=5e-7"])["train"]["learning_rate"] == 5e-7
+
+
+def test_lora_training_is_reproducible(tmp_path, repo_cwd):
+    config = tiny_config(tmp_path, **{"policy.mode": "lora", "train.beta": 0.1, "train.learning_rate": 0.01,
+                                      "train.optim": "adamw_torch", "train.bf16": False, "train.lora_r": 4,
+                                      "train.gradient_checkpointing": False})
+    a = loop.run_all(config, tmp_path / "a", log=lambda *_: None)
+    b = loop.run_all(config, tmp_path / "b", log=lambda *_: None)
+    wa, wb = _weights(a.stage_dir(1, "train") / "model"), _weights(b.stage_dir(1, "train") / "model")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

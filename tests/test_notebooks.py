@@ -3,9 +3,19 @@ import json
 
 import pytest
 
-from sppo_lite.notebooks import notebook_paths, run_notebook
+from sppo_lite.evaluate import PAPER_ALPACAEVAL
+from sppo_lite.notebooks import GPU_NOTEBOOKS, notebook_paths, run_notebook
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
+
+# A notebook whose full run needs a GPU and hours (GPU_NOTEBOOKS: 04, 05) may be committed with the outputs of its
+# SMOKE run, but then it must say so at the top, in these words; and it must not say so once real outputs replace
+# them. Every other notebook is committed with the outputs of its full run.
+SMOKE_OUTPUTS_NOTE = "The outputs shown below are from the CPU SMOKE run"
+
+
+def notebook(prefix: str):
+    return next(p for p in notebook_paths() if p.name.startswith(prefix))
 
 
 def test_all_notebooks_are_found_and_parametrised():
@@ -17,9 +27,19 @@ def test_all_notebooks_are_found_and_parametrised():
         assert len(tagged) == 1, f"{p.name} needs exactly one cell tagged 'parameters'"
         src = "".join(tagged[0]["source"])
         assert "SMOKE" in src and "OUTPUT_DIR" in src
-        # Committed notebooks show their figures from a full run.
+        # Committed notebooks show their figures: from a full run, or from the SMOKE run if the top says so.
         images = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
         assert images, f"{p.name} is committed without outputs: run `make notebooks`"
+        printed = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+        first_markdown = "".join(next(c for c in nb["cells"] if c["cell_type"] == "markdown")["source"])
+        said = SMOKE_OUTPUTS_NOTE in first_markdown.replace("**", "")
+        ran_smoke = nb["metadata"].get("papermill", {}).get("parameters", {}).get("SMOKE") is True or \
+            '"smoke": true' in printed
+        assert not ran_smoke or p.name.startswith(GPU_NOTEBOOKS), f"{p.name} is committed with SMOKE outputs"
+        assert said == ran_smoke, (f"{p.name}: its outputs are from the SMOKE run, so its first markdown cell must "
+                                   f"say {SMOKE_OUTPUTS_NOTE!r}" if ran_smoke else
+                                   f"{p.name}: says its outputs are from the SMOKE run, but they are not")
+        assert not any("injected-parameters" in c.get("metadata", {}).get("tags", []) for c in nb["cells"]), p.name
         smoke_line = next(line for line in src.splitlines() if line.startswith("SMOKE"))
         assert smoke_line.split("#")[0].split("=")[1].strip() == "False", f"{p.name}: committed with SMOKE on"
 
@@ -44,3 +64,55 @@ def test_02_toy_convergence(tmp_path):
     assert s["five_sppo_avg_exploitability"] < 0.5 * s["five_bt_argmax_exploitability"]
     for name in ("simplex_last_vs_average", "exploitability_loglog", "sampled_K", "baselines", "eta_sweep"):
         assert (tmp_path / "02_toy_nash_convergence" / f"{name}.png").exists()
+
+
+@pytest.fixture(scope="module")
+def smoke_04(tmp_path_factory):
+    """Notebook 04 in SMOKE once: 3 QLoRA SPPO iterations of a tiny Mistral judged by a tiny PairRM."""
+    out = tmp_path_factory.mktemp("notebooks")
+    return out, run_notebook(notebook("04_"), out)
+
+
+def test_04_qlora_sppo(smoke_04):
+    out, s = smoke_04
+    assert s["smoke"] is True and s["mode"] == "qlora" and s["model"] == s["judge"] == "tiny"
+    assert s["iterations"] == 3 and s["k"] == 3 and s["n_prompts"] == 4
+    assert list(s["stages"]) == ["iter1", "iter2", "iter3"]
+    for stages in s["stages"].values():
+        assert list(stages) == ["generate", "judge", "build", "train"]
+        assert all(v["elapsed_s"] > 0 and v["peak_gpu_gib"] is None for v in stages.values())  # CPU: no GPU peak
+    assert s["total_elapsed_s"] == pytest.approx(sum(v["elapsed_s"] for st in s["stages"].values() for v in st.values()),
+                                                 abs=0.05)
+    for t in ("iter1", "iter2", "iter3"):
+        train, wp = s["train"][t], s["win_prob"][t]
+        assert train["steps"] == 4 and train["train_loss"] > 0   # 4 pairs, batch 2, 2 epochs
+        assert train["target_chosen"] > 0 > train["target_rejected"]  # (P̂ − ½)/β: best above ½, worst below
+        assert wp["chosen_mean"] > 0.5 > wp["rejected_mean"] and 0.5 < wp["pair_mean"] <= 1 and 1 <= wp["pairs"] <= 4
+    nb_out = out / "04_qlora_sppo_mistral7b"
+    for name in ("stage_costs", "training_curves", "win_probs"):
+        assert (nb_out / f"{name}.png").exists()
+    assert (nb_out / "run" / "iter3" / "train" / "model" / "config.json").exists()  # π_4, merged
+
+
+def test_05_evaluation(smoke_04):
+    out, _ = smoke_04
+    s = run_notebook(notebook("05_"), out)  # RUN_DIR None: the run of 04 beside it
+    assert s["smoke"] is True and s["iterations"] == [1, 2, 3] and s["n_eval_prompts"] == 6
+    assert not (out / "05_evaluation" / "smoke-run").exists()  # it evaluated 04's models, not a run of its own
+    results = [*s["vs_base"].values(), *s["vs_previous"].values(), s["best_of_n"]["single"], s["best_of_n"]["best"]]
+    assert len(results) == 4 + 3 + 2
+    for r in results:
+        for key in ("win_rate", "lc_win_rate"):
+            low, high = r[key + "_ci"]
+            assert 0 <= low <= r[key] + 1e-9 and r[key] <= high + 1e-9 and high <= 100
+    base = s["vs_base"]["Mistral-7B-Instruct-v0.2"]
+    assert base["win_rate"] == base["lc_win_rate"] == 50.0  # the base against itself
+    assert s["vs_previous"]["SPPO Iter1"] == s["vs_base"]["SPPO Iter1"]
+    assert [r["model"] for r in s["table"]] == ["Mistral-7B-Instruct-v0.2", "SPPO Iter1", "SPPO Iter2", "SPPO Iter3",
+                                                "SPPO Iter3 (best-of-4)"]
+    for r in s["table"][:4]:
+        assert (r["paper_lc_win_rate"], r["paper_win_rate"]) == (PAPER_ALPACAEVAL[r["model"]]["lc_win_rate"],
+                                                                 PAPER_ALPACAEVAL[r["model"]]["win_rate"])
+    assert len(s["length_drift"]["heldout_mean_chars"]) == 4 and len(s["length_drift"]["train_samples_mean_chars"]) == 3
+    for name in ("win_rates", "length_drift", "best_of_n"):
+        assert (out / "05_evaluation" / f"{name}.png").exists()
