@@ -309,3 +309,20 @@ def test_missing_columns_and_bad_reference_errors(tokenizer, pairs, pairs_ref, t
                     train_dataset=pairs_ref, processing_class=tokenizer)
     with pytest.raises(ValueError, match="needs processing_class=<tokenizer>"):
         SPPOTrainer(model, config(tmp_path), train_dataset=pairs_ref)
+
+
+def test_gradient_checkpointing_really_recomputes_in_training(policy_dir, pairs, tmp_path):
+    # With checkpointing on, a decoder layer's insides run twice per training step (once more in the
+    # backward pass); without, once. Counting calls proves it is on during training, not just flagged.
+    # (transformers 5 checkpoints the layer's forward, so hooks on the layer itself fire once, and torch stops
+    # recomputing early once it has what the backward needs: watch the layer's first projection.)
+    counts = {}
+    for on in (False, True):
+        model, tok = load_policy(policy_dir, mode="lora", lora_r=4, gradient_checkpointing=on)
+        calls = []
+        model.base_model.model.model.layers[0].self_attn.q_proj.register_forward_hook(lambda *_: calls.append(1))
+        SPPOTrainer(model.train(), config(tmp_path, reference="on_the_fly", max_steps=1, per_device_train_batch_size=2),
+                    train_dataset=pairs.select(range(2)), processing_class=tok).train()
+        counts[on] = len(calls)
+    # on_the_fly adds one no-grad reference forward per step, which is never recomputed.
+    assert counts[False] == 2 and counts[True] == 3
