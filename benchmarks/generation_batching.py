@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=16, help="prompts per generate call (sppo-lite)")
+    ap.add_argument("--batch-size", type=int, default=32, help="prompts per generate call (sppo-lite)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
 
