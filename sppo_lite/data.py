@@ -223,7 +223,8 @@ def _chat(prompt: str, response: str) -> list[dict]:
     return [{"content": prompt, "role": "user"}, {"content": response, "role": "assistant"}]
 
 
-def build_sppo_dataset(prompts, responses, matrices, pair_mode: str = "best_worst") -> datasets.Dataset:
+def build_sppo_dataset(prompts, responses, matrices, pair_mode: str = "best_worst",
+                       finished=None) -> datasets.Dataset:
     """SPPO training data in the official schema, from K judged responses per prompt.
 
     prompts[i]: text; responses[i]: its K sampled responses; matrices[i]: their K×K win matrix or
@@ -232,13 +233,18 @@ def build_sppo_dataset(prompts, responses, matrices, pair_mode: str = "best_wors
       "all"        → prompt, response, win_prob          (K rows per prompt)
     A best_worst pair whose chosen and rejected texts are equal (all scores tied, where the
     official code trains a response against itself, or duplicate samples) is skipped: it states
-    no preference. The skipped count, len(prompts) − len(dataset), is logged.
+    no preference. The skipped count, len(prompts) − len(dataset), is logged. finished[i] (K bools,
+    optional: whether each sample ended by itself) adds <chat>_finished columns, which encode_chat
+    reads so that a sample cut at max_new_tokens gets no end-of-turn.
     """
     if not len(prompts) == len(responses) == len(matrices):
         raise ValueError(f"prompts, responses and matrices must have one entry per prompt, got "
                          f"{len(prompts)}, {len(responses)} and {len(matrices)}")
+    if finished is not None and len(finished) != len(prompts):
+        raise ValueError(f"finished must have one list of flags per prompt, got {len(finished)} for {len(prompts)}")
     rows = []
     for i, (prompt, candidates, judged) in enumerate(zip(prompts, responses, matrices)):
+        done = [True] * len(candidates) if finished is None else list(finished[i])
         if not isinstance(prompt, str) or not all(isinstance(c, str) for c in candidates):
             raise ValueError(f"prompt {i} and its responses must be strings")
         k = np.shape(judged)[0] if np.ndim(judged) else 0
@@ -248,12 +254,18 @@ def build_sppo_dataset(prompts, responses, matrices, pair_mode: str = "best_wors
         for sel in select_pairs(judged, mode=pair_mode):
             if pair_mode == "all":
                 rows.append({"prompt": prompt, "win_prob": sel["win_prob"],
-                             "response": _chat(prompt, candidates[sel["response_index"]])})
+                             "response": _chat(prompt, candidates[sel["response_index"]]),
+                             "response_finished": done[sel["response_index"]]})
             elif candidates[sel["chosen_index"]] != candidates[sel["rejected_index"]]:
                 rows.append({**sel, "prompt": prompt,
                              "chosen": _chat(prompt, candidates[sel["chosen_index"]]),
-                             "rejected": _chat(prompt, candidates[sel["rejected_index"]])})
+                             "rejected": _chat(prompt, candidates[sel["rejected_index"]]),
+                             "chosen_finished": done[sel["chosen_index"]],
+                             "rejected_finished": done[sel["rejected_index"]]})
     features = _RESPONSE_FEATURES if pair_mode == "all" else _PAIR_FEATURES
+    if finished is not None:
+        features = datasets.Features({**features, **{f"{c}_finished": datasets.Value("bool") for c in
+                                                       (("response",) if pair_mode == "all" else ("chosen", "rejected"))}})
     if pair_mode == "best_worst" and len(rows) < len(prompts):
         logger.warning("skipped %d of %d prompts whose chosen and rejected responses are the same "
                        "text (tied judge scores or duplicate samples)", len(prompts) - len(rows),
@@ -264,13 +276,16 @@ def build_sppo_dataset(prompts, responses, matrices, pair_mode: str = "best_wors
 
 # ---------------------------------------------------------------- sequence log-probabilities
 
-def encode_chat(tokenizer, messages, max_length: int = 1024, max_prompt_length: int = 512) -> dict:
+def encode_chat(tokenizer, messages, max_length: int = 1024, max_prompt_length: int = 512,
+                finished: bool = True) -> dict:
     """Token ids of a chat whose last message is the response: {"input_ids", "prompt_length"}.
 
     prompt = chat template of messages[:-1] with the generation prompt (what the policy was sampled
     from); response = the rest of the templated full chat (end-of-turn tokens included). The two
     are tokenized separately without extra special tokens, as TRL's DPO trainer does. Past
     max_length the prompt keeps its last max_prompt_length tokens, then the response is cut.
+    finished=False (a sample cut at max_new_tokens) drops what the template adds after the
+    response's text (Mistral: </s>): the policy never ended it, so it is not scored as if it had.
     """
     if max_prompt_length >= max_length:
         raise ValueError(f"max_prompt_length ({max_prompt_length}) must be below max_length "
@@ -284,8 +299,16 @@ def encode_chat(tokenizer, messages, max_length: int = 1024, max_prompt_length: 
     if not full_text.startswith(prompt_text):
         raise ValueError("the tokenizer's chat template does not render the prompt (with generation "
                          "prompt) as a prefix of the full chat: use a template where it does")
+    response_text = full_text[len(prompt_text):]
+    if not finished:
+        content = messages[-1]["content"]
+        end = response_text.find(content)
+        if end < 0:
+            raise ValueError("the chat template changes the response's text, so its end-of-turn cannot be "
+                             "removed for an unfinished sample: use a template that copies the content")
+        response_text = response_text[: end + len(content)]
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    response_ids = tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(response_text, add_special_tokens=False)["input_ids"]
     if not prompt_ids:
         raise ValueError("the chat template renders the prompt to no tokens: the response needs a "
                          "prompt token to be conditioned on")
@@ -360,8 +383,10 @@ def add_reference_logps(dataset: datasets.Dataset, model, tokenizer, batch_size:
     model.eval()
     try:
         for column in columns:
-            encoded = [encode_chat(tokenizer, chat, max_length, max_prompt_length)
-                       for chat in dataset[column]]
+            done = dataset[f"{column}_finished"] if f"{column}_finished" in dataset.column_names else None
+            encoded = [encode_chat(tokenizer, chat, max_length, max_prompt_length,
+                                   finished=True if done is None else done[i])
+                       for i, chat in enumerate(dataset[column])]
             sums = []
             with torch.no_grad():
                 for start in range(0, len(encoded), batch_size):

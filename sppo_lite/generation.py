@@ -11,7 +11,8 @@ rounding only, which could flip a draw that lands within rounding error of a tok
 
 Both backends return (dataset, stats): a datasets.Dataset with columns prompt_id, prompt (the text
 actually used, truncated if it was), responses (K strings, special tokens dropped, whitespace
-stripped), and a JSON-ready dict of prompt counts for the stage manifest.
+stripped), finished (K bools: False where a sample was cut at max_new_tokens), and a JSON-ready dict
+of prompt counts for the stage manifest.
 """
 from __future__ import annotations
 
@@ -60,20 +61,20 @@ def generate_responses(model, tokenizer, prompts, k: int = 5, temperature: float
     if model.generation_config.eos_token_id is None:
         config.eos_token_id = tokenizer.eos_token_id
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].input_ids))  # longest first: OOM shows early
-    responses = [None] * len(prompts)
+    responses, finished = [None] * len(prompts), [None] * len(prompts)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress) as bar:
             for start in range(0, len(order), batch_size):
                 batch = [prompts[i] for i in order[start:start + batch_size]]
-                texts = _generate_batch(model, tokenizer, batch, k, temperature, top_p, seed, config, pad_id)
+                texts, done = _generate_batch(model, tokenizer, batch, k, temperature, top_p, seed, config, pad_id)
                 for row, i in enumerate(order[start:start + batch_size]):
-                    responses[i] = texts[row * k:(row + 1) * k]
+                    responses[i], finished[i] = texts[row * k:(row + 1) * k], done[row * k:(row + 1) * k]
                 bar.update(len(batch))
     finally:
         model.train(was_training)
-    return _to_dataset(prompts, responses), stats
+    return _to_dataset(prompts, responses, finished), stats
 
 
 def generate_responses_vllm(model_path, prompts, k: int = 5, temperature: float = 0.7, top_p: float = 0.9,
@@ -98,7 +99,8 @@ def generate_responses_vllm(model_path, prompts, k: int = 5, temperature: float 
     # Token ids, not text: the templated text already holds <s>, which vLLM would add a second time.
     outputs = llm.generate([{"prompt_token_ids": p.input_ids} for p in prompts], params)
     responses = [[completion.text.strip() for completion in out.outputs] for out in outputs]
-    return _to_dataset(prompts, responses), stats
+    finished = [[completion.finish_reason == "stop" for completion in out.outputs] for out in outputs]
+    return _to_dataset(prompts, responses, finished), stats
 
 
 def save_parquet(dataset: Dataset, path) -> str:
@@ -140,8 +142,9 @@ class _SeededSampling(LogitsProcessor):
         return torch.full_like(scores, float("-inf")).scatter_(1, drawn[:, None], 0.0)
 
 
-def _generate_batch(model, tokenizer, batch, k, temperature, top_p, seed, config, pad_id) -> list[str]:
-    """k decoded responses for each prompt of `batch`, rows ordered prompt-major."""
+def _generate_batch(model, tokenizer, batch, k, temperature, top_p, seed, config, pad_id):
+    """(texts, finished): k decoded responses for each prompt of `batch`, rows ordered prompt-major, and
+    whether each ended with an end-of-sequence token (False: cut at max_new_tokens)."""
     input_ids, attention_mask = _left_pad([p.input_ids for p in batch], pad_id)
     input_ids, attention_mask = input_ids.repeat_interleave(k, 0), attention_mask.repeat_interleave(k, 0)
     processors = LogitsProcessorList()
@@ -151,8 +154,11 @@ def _generate_batch(model, tokenizer, batch, k, temperature, top_p, seed, config
         processors.append(_SeededSampling(temperature, top_p, generators))
     out = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
                          generation_config=config, logits_processor=processors)
-    texts = tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
-    return [t.strip() for t in texts]
+    new = out[:, input_ids.shape[1]:]
+    eos = config.eos_token_id if config.eos_token_id is not None else model.generation_config.eos_token_id
+    eos = torch.tensor([eos] if isinstance(eos, int) else list(eos or []), device=new.device)
+    finished = torch.isin(new, eos).any(dim=1).tolist()
+    return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)], finished
 
 
 def _left_pad(sequences, pad_id):
@@ -232,9 +238,10 @@ def _truncate(tokenizer, text: str, max_tokens: int):
     return text, input_ids
 
 
-def _to_dataset(prompts, responses) -> Dataset:
+def _to_dataset(prompts, responses, finished) -> Dataset:
     ids = [p.prompt_id for p in prompts]
     features = Features({"prompt_id": Value("string" if any(isinstance(i, str) for i in ids) else "int64"),
-                         "prompt": Value("string"), "responses": Sequence(Value("string"))})
-    return Dataset.from_dict({"prompt_id": ids, "prompt": [p.text for p in prompts], "responses": responses},
-                             features=features)
+                         "prompt": Value("string"), "responses": Sequence(Value("string")),
+                         "finished": Sequence(Value("bool"))})
+    return Dataset.from_dict({"prompt_id": ids, "prompt": [p.text for p in prompts], "responses": responses,
+                              "finished": finished}, features=features)

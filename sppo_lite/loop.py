@@ -554,13 +554,16 @@ def build_stage(run: Run, t: int, force: bool = False) -> dict:
         if responses["prompt_id"] != judged["prompt_id"]:
             raise ValueError(f"iter{t}: judgements do not match the responses: redo the judge stage with --force judge")
         matrices = [np.asarray(m, dtype=float) for m in judged["matrix"]]
-        ds = build_sppo_dataset(responses["prompt"], responses["responses"], matrices, pair_mode=b["pair_mode"])
+        finished = responses["finished"] if "finished" in responses.column_names else None
+        ds = build_sppo_dataset(responses["prompt"], responses["responses"], matrices, pair_mode=b["pair_mode"],
+                                finished=finished)
         model, tokenizer = _load_inference_policy(policy, cfg)
         ds = add_reference_logps(ds, model, tokenizer, batch_size=b["ref_batch_size"],
                                  max_length=tr["max_length"], max_prompt_length=tr["max_prompt_length"])
         ds.to_parquet(str(tmp / "sppo.parquet"))
         counts = {"prompts": len(responses), "rows": len(ds), "dropped_ties": len(responses) - len(ds)
-                  if b["pair_mode"] == "best_worst" else 0, "pair_mode": b["pair_mode"]}
+                  if b["pair_mode"] == "best_worst" else 0, "pair_mode": b["pair_mode"],
+                  "cut_at_max_new_tokens": sum(not f for fs in (finished or []) for f in fs)}
         return counts, f"{len(ds)} training rows ({b['pair_mode']}) with reference log-probs", "sppo.parquet"
 
     return run._stage(t, "build", fingerprint, force, work)

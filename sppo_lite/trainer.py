@@ -115,12 +115,10 @@ class SPPOCollator:
     max_prompt_length: int = 512
 
     def __call__(self, rows: list[dict]) -> dict:
-        if "chosen" in rows[0]:
-            chats = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
-        else:
-            chats = [r["response"] for r in rows]
-        batch = pad_chat_batch([encode_chat(self.tokenizer, chat, self.max_length, self.max_prompt_length)
-                                for chat in chats], self.tokenizer)
+        columns = ("chosen", "rejected") if "chosen" in rows[0] else ("response",)
+        chats = [(r[c], r.get(f"{c}_finished", True)) for c in columns for r in rows]
+        batch = pad_chat_batch([encode_chat(self.tokenizer, chat, self.max_length, self.max_prompt_length,
+                                            finished=done) for chat, done in chats], self.tokenizer)
         batch.update({name: torch.tensor([r[name] for r in rows], dtype=torch.float32)
                       for name in _FLOAT_COLUMNS if name in rows[0]})
         return batch

@@ -372,3 +372,22 @@ def test_add_reference_logps_response_column_and_errors(tiny):
             add_reference_logps(ds, model, tokenizer)
     finally:
         tokenizer.pad_token = "<pad>"
+
+
+def test_unfinished_sample_gets_no_end_of_turn(tmp_path):
+    from sppo_lite.modeling import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    chat = [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "Hi there"}]
+    done = encode_chat(tok, chat)
+    cut = encode_chat(tok, chat, finished=False)
+    assert done["prompt_length"] == cut["prompt_length"]
+    assert done["input_ids"][-1] == tok.eos_token_id        # Mistral's template closes the turn with </s>
+    assert cut["input_ids"] == done["input_ids"][:-1]        # a cut sample is scored without it
+    # build_sppo_dataset carries the flags into columns that add_reference_logps and the trainer read.
+    ds = build_sppo_dataset(["p"], [["long answer", "short"]], [[1.0, 0.0]], finished=[[False, True]])
+    assert ds[0]["chosen_finished"] is False and ds[0]["rejected_finished"] is True
+    ds_all = build_sppo_dataset(["p"], [["a", "b"]], [[1.0, 0.0]], pair_mode="all", finished=[[True, False]])
+    assert ds_all["response_finished"] == [True, False]
+    with pytest.raises(ValueError, match="one list of flags per prompt"):
+        build_sppo_dataset(["p"], [["a", "b"]], [[1.0, 0.0]], finished=[])

@@ -32,7 +32,7 @@ def chat_ids(tokenizer, text):
 def test_k_responses_per_prompt_with_columns_and_stats(policy):
     model, tokenizer = policy
     ds, stats = generate_responses(model, tokenizer, PROMPTS, k=3, batch_size=2, **FAST)
-    assert isinstance(ds, Dataset) and ds.column_names == ["prompt_id", "prompt", "responses"]
+    assert isinstance(ds, Dataset) and ds.column_names == ["prompt_id", "prompt", "responses", "finished"]
     assert ds["prompt"] == PROMPTS and ds["prompt_id"] == list(range(len(PROMPTS)))
     assert all(len(r) == 3 and all(isinstance(s, str) for s in r) for r in ds["responses"])
     assert any(len(set(r)) > 1 for r in ds["responses"])  # K samples, not K copies
@@ -157,6 +157,19 @@ def test_vllm_backend_matches_the_output_format(tmp_path):
     run = dict(k=2, max_new_tokens=8, seed=3, max_prompt_tokens=20, gpu_memory_utilization=0.3)
     ds, stats = generate_responses_vllm(path, PROMPTS, **run)
     again, _ = generate_responses_vllm(path, PROMPTS, **run)
-    assert ds.column_names == ["prompt_id", "prompt", "responses"]
+    assert ds.column_names == ["prompt_id", "prompt", "responses", "finished"]
     assert all(len(r) == 2 for r in ds["responses"]) and stats["generated"] == len(ds)
     assert ds["responses"] == again["responses"]
+
+
+def test_finished_flags_tell_cut_samples_apart(policy):
+    model, tok = policy
+    # One new token cannot hold a whole answer; with min_new_tokens above the limit nothing ends by itself.
+    short, _ = generate_responses(model, tok, ["Say hi"], k=3, max_new_tokens=1, progress=False)
+    assert short["finished"][0] == [t == "" for t in short["responses"][0]]  # only an immediate </s> finishes
+    model.generation_config.min_new_tokens = 4
+    try:
+        cut, _ = generate_responses(model, tok, ["Say hi"], k=3, max_new_tokens=4, progress=False)
+    finally:
+        model.generation_config.min_new_tokens = None
+    assert cut["finished"][0] == [False, False, False]

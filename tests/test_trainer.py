@@ -326,3 +326,15 @@ def test_gradient_checkpointing_really_recomputes_in_training(policy_dir, pairs,
         counts[on] = len(calls)
     # on_the_fly adds one no-grad reference forward per step, which is never recomputed.
     assert counts[False] == 2 and counts[True] == 3
+
+
+def test_collator_scores_cut_samples_without_end_of_turn(tokenizer):
+    from sppo_lite.trainer import SPPOCollator
+
+    row = {"chosen": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "Hi there"}],
+           "rejected": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "Hi there"}],
+           "chosen_finished": False, "rejected_finished": True}
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    batch = SPPOCollator(tokenizer)([row])
+    chosen, rejected = batch["response_mask"].sum(dim=1).tolist()
+    assert rejected == chosen + 1  # the same text, but only the finished one is scored with its </s>
