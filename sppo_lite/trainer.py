@@ -300,23 +300,24 @@ def train_and_merge(policy_path, dataset_path, output_dir, checkpoint_dir, mode:
     run resumes from the newest one. Returns (train metrics, log history).
     """
     from datasets import Dataset
+    from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
     from sppo_lite.modeling import load_policy
 
-    from transformers import set_seed
-
     gradient_checkpointing = config.pop("gradient_checkpointing", False)
+    on_gpu = torch.cuda.is_available()
+    # The arguments come first: under DeepSpeed ZeRO-3 they switch from_pretrained to sharded loading
+    # (zero.Init), so no process holds the whole model. use_cpu also makes torchrun on CPU
+    # data-parallel (gloo); without it every rank trains alone.
+    args = SPPOConfig(output_dir=str(checkpoint_dir), seed=seed, save_strategy="steps", save_steps=save_steps,
+                      save_total_limit=1, report_to=[], dataloader_pin_memory=on_gpu, use_cpu=not on_gpu,
+                      **_mixed_precision(bf16), **config)
     set_seed(seed)  # the fresh LoRA adapter's initialisation is part of the run: seed it
     model, tokenizer = load_policy(policy_path, mode=mode, dtype=dtype, lora_r=lora_r, lora_alpha=lora_alpha,
                                    lora_dropout=lora_dropout, gradient_checkpointing=gradient_checkpointing)
     model.train()
     dataset = Dataset.from_parquet(str(dataset_path))
-    on_gpu = torch.cuda.is_available()
-    # use_cpu also makes torchrun on CPU data-parallel (gloo); without it every rank trains alone.
-    args = SPPOConfig(output_dir=str(checkpoint_dir), seed=seed, save_strategy="steps", save_steps=save_steps,
-                      save_total_limit=1, report_to=[], dataloader_pin_memory=on_gpu, use_cpu=not on_gpu,
-                      **_mixed_precision(bf16), **config)
     trainer = SPPOTrainer(model, args, train_dataset=dataset, processing_class=tokenizer)
     last = get_last_checkpoint(str(checkpoint_dir)) if Path(checkpoint_dir).is_dir() else None
     metrics = trainer.train(resume_from_checkpoint=last).metrics
