@@ -12,23 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
+from common import hardware
 
 from sppo_lite.data import load_prompts
 from sppo_lite.generation import generate_responses
 from sppo_lite.modeling import build_tiny_model, build_tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def hardware(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(device).replace(" ", "-")
-    return f"cpu-{platform.machine()}-{torch.get_num_threads()}threads"
 
 
 def per_prompt_loop(model, tokenizer, prompts, k, max_new_tokens, device):

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import platform
 import random
 import string
 import tempfile
@@ -42,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import hardware
 
 from sppo_lite.data import probs_from_scores, select_pairs
 from sppo_lite.judges import PairRMJudge
@@ -164,12 +164,6 @@ def compare(reference, matrices) -> dict:
                  for a, b in pairs)
     return {"same_decisions": differ == 0, "decisions_differ": differ,
             "max_prob_diff": float(max(np.abs(a - b).max() for a, b in zip(reference, matrices)))}
-
-
-def hardware(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(device).replace(" ", "-")
-    return f"cpu-{platform.machine()}-{torch.get_num_threads()}threads"
 
 
 def main() -> None:

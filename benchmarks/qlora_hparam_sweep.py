@@ -52,12 +52,10 @@ import json
 import logging
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
 import warnings
-from importlib import metadata
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is built locally; never download
@@ -68,6 +66,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from common import hardware, versions  # noqa: E402
 
 PAPER = {"beta": 0.001, "lr": 5e-7}
 
@@ -107,22 +106,6 @@ def parse_args(argv=None):
                    help="torch threads (1 is fastest for the tiny model on a busy machine)")
     p.add_argument("--output", default=None, help="JSON path (default benchmarks/results/qlora_hparam_sweep-<hardware>.json)")
     return p.parse_args(argv)
-
-
-def hardware() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0).replace(" ", "-")
-    return f"cpu-{platform.machine()}-{torch.get_num_threads()}threads"
-
-
-def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 # ---------------------------------------------------------------- the fixed dataset

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import resource
 import shutil
@@ -43,8 +42,9 @@ import sys
 import tempfile
 import time
 import traceback
-from importlib import metadata
 from pathlib import Path
+
+from common import hardware, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("sppo_lite", "trl", "trl_default", "plain")
@@ -371,24 +371,6 @@ def worker(args) -> None:
 
 
 # ---------------------------------------------------------------- the driver
-
-def hardware() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0).replace(" ", "-")
-    return f"cpu-{platform.machine()}-{torch.get_num_threads()}threads"
-
-
-def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
 
 def spawn(argv: list[str], tiny: bool, timeout: int, echo: bool = False) -> dict:
     """Run this script as a worker in a fresh process; its RESULT line, or the error it died with."""
