@@ -11,9 +11,9 @@ skips a finished stage whose config hash matches, refuses one whose config chang
 or a new output dir), and resumes a stage that was killed from its last finished shard. Seeds
 depend on (seed, prompt id, sample index) only, so a resumed run produces the identical dataset.
 
-The same command runs under `torchrun` / `accelerate launch`: generation and judging shards are
-spread over the processes (one GPU each), build runs on rank 0, and training is data-parallel
-through the Trainer (DDP; DeepSpeed / FSDP for full fine-tuning via an accelerate config).
+The same command runs under `torchrun` / `accelerate launch`: generation, judging and the reference
+log-probs of the build stage are spread over the processes (one GPU each), and training is
+data-parallel through the Trainer (DDP; DeepSpeed / FSDP for full fine-tuning via an accelerate config).
 """
 from __future__ import annotations
 
@@ -541,7 +541,10 @@ def build_stage(run: Run, t: int, force: bool = False) -> dict:
     """Pairs and win rates (official columns) plus log π_t of each trained response."""
     import numpy as np
 
-    from .data import add_reference_logps, build_sppo_dataset
+    from datasets import concatenate_datasets
+
+    from .data import CHAT_COLUMNS, add_reference_logps, build_sppo_dataset
+    from .generation import save_parquet
 
     cfg, b, tr = run.config, run.config["build"], run.config["train"]
     policy = run.policy_path(t)
@@ -557,16 +560,32 @@ def build_stage(run: Run, t: int, force: bool = False) -> dict:
         finished = responses["finished"] if "finished" in responses.column_names else None
         ds = build_sppo_dataset(responses["prompt"], responses["responses"], matrices, pair_mode=b["pair_mode"],
                                 finished=finished)
-        model, tokenizer = _load_inference_policy(policy, cfg)
-        ds = add_reference_logps(ds, model, tokenizer, batch_size=b["ref_batch_size"],
-                                 max_length=tr["max_length"], max_prompt_length=tr["max_prompt_length"])
+        # log π_t: every process scores one contiguous slice of the rows (a resumable shard each).
+        rank, world = _rank_world()
+        slices = np.array_split(np.arange(len(ds)), world)
+        shards = [partial / f"ref-{r:05d}-of-{world:05d}.parquet" for r in range(world)]
+        if len(slices[rank]) and not shards[rank].is_file():
+            model, tokenizer = _load_inference_policy(policy, cfg)
+            scored = add_reference_logps(ds.select(slices[rank]), model, tokenizer, batch_size=b["ref_batch_size"],
+                                         max_length=tr["max_length"], max_prompt_length=tr["max_prompt_length"])
+            save_parquet(scored, shards[rank])
+        if rank != 0:
+            return None, None, None
+        done = [shards[r] for r in range(world) if len(slices[r])]
+        for shard in done:
+            _wait_until(shard.is_file)
+        if done:
+            ds = concatenate_datasets([_load_parquet(shard) for shard in done])
+        else:  # no rows: nothing to score, same columns
+            for column in [c for c in CHAT_COLUMNS if c in ds.column_names]:
+                ds = ds.add_column(f"ref_{column}_logps", [])
         ds.to_parquet(str(tmp / "sppo.parquet"))
         counts = {"prompts": len(responses), "rows": len(ds), "dropped_ties": len(responses) - len(ds)
                   if b["pair_mode"] == "best_worst" else 0, "pair_mode": b["pair_mode"],
                   "cut_at_max_new_tokens": sum(not f for fs in (finished or []) for f in fs)}
         return counts, f"{len(ds)} training rows ({b['pair_mode']}) with reference log-probs", "sppo.parquet"
 
-    return run._stage(t, "build", fingerprint, force, work)
+    return run._stage(t, "build", fingerprint, force, work, all_ranks=True)
 
 
 def train_stage(run: Run, t: int, force: bool = False) -> dict:

@@ -46,10 +46,10 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     one = iterate([sys.executable], config, tmp_path / "one")
     two = iterate([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"],
                   config, tmp_path / "two", "--set", "train.per_device_train_batch_size=2")
-    # Generation and judging were sharded over the two processes, yet the data are identical.
+    # Generation, judging and the reference log-probs were sharded over the two processes, yet the data are identical.
     for stage in ("generate", "judge", "build"):
         assert one[stage]["artifact_hash"] == two[stage]["artifact_hash"], stage
-    assert two["train"]["world_size"] == 2 and one["train"]["world_size"] == 1
+    assert all(two[s]["world_size"] == 2 and one[s]["world_size"] == 1 for s in ("build", "train"))
     # Same global batch (1 × 4 vs 2 × 2): same loss, same weights up to float summation order.
     assert two["train"]["counts"]["metrics"]["train_loss"] == pytest.approx(
         one["train"]["counts"]["metrics"]["train_loss"], rel=1e-5)
