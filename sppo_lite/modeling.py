@@ -22,6 +22,7 @@ from transformers import (
 )
 
 __all__ = ["MISTRAL_CHAT_TEMPLATE", "LOAD_MODES", "build_tiny_tokenizer", "build_tiny_model", "keep_4bit_trainable",
+           "merge_lora_on_disk",
            "save_tiny_policy", "load_policy", "pick_dtype", "require_chat_template"]
 
 LOAD_MODES = ("full", "lora", "qlora")
@@ -206,3 +207,50 @@ def _enable_checkpointing(model) -> None:
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.config.use_cache = False
+
+
+def merge_lora_on_disk(base_dir, adapter_dir, output_dir) -> str:
+    """W ← W + (α/r)·B·A for every LoRA-adapted weight, one safetensors shard at a time.
+
+    Writes a plain model to output_dir (same shards, config and tokenizer files as base_dir), never
+    holding more than one shard in memory: a 7B fp16 model merges in ~5 GB of RAM instead of ~15.
+    Hand-written: peft merges only a model loaded whole. Plain LoRA (and rsLoRA) adapters only.
+    """
+    import json
+    import shutil
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    base_dir, adapter_dir, output_dir = Path(base_dir), Path(adapter_dir), Path(output_dir)
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    if cfg.get("use_dora") or cfg.get("rank_pattern") or cfg.get("alpha_pattern") or cfg.get("modules_to_save"):
+        raise ValueError("merge_lora_on_disk merges plain LoRA adapters only (no DoRA, rank/alpha patterns or "
+                         "modules_to_save): load the model and use peft's merge_and_unload instead")
+    r, alpha = cfg["r"], cfg["lora_alpha"]
+    scale = alpha / (r ** 0.5 if cfg.get("use_rslora") else r)
+    lora = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    prefix = "base_model.model."
+    pairs = {key[len(prefix):-len(".lora_A.weight")] + ".weight": (lora[key], lora[key.replace("lora_A", "lora_B")])
+             for key in lora if key.startswith(prefix) and key.endswith(".lora_A.weight")}
+    shards = sorted(base_dir.glob("*.safetensors"))
+    if not shards:
+        raise FileNotFoundError(f"no .safetensors weights in {base_dir}: save the base with save_pretrained")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    merged = 0
+    for shard in shards:
+        tensors = load_file(str(shard))
+        for name in tensors.keys() & pairs.keys():
+            A, B = pairs[name]
+            delta = (B.float() @ A.float()) * scale
+            tensors[name] = (tensors[name].float() + (delta.T if cfg.get("fan_in_fan_out") else delta)).to(tensors[name].dtype)
+            merged += 1
+        save_file(tensors, str(output_dir / shard.name), metadata={"format": "pt"})
+    if merged != len(pairs):
+        raise ValueError(f"{len(pairs) - merged} adapted weights have no match in {base_dir}: "
+                         f"the adapter was trained on another model")
+    for extra in base_dir.iterdir():
+        if extra.is_file() and extra.suffix != ".safetensors" and not extra.name.startswith(".") \
+                and not (output_dir / extra.name).exists():
+            shutil.copy2(extra, output_dir / extra.name)
+    return str(output_dir)

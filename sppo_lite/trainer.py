@@ -327,24 +327,24 @@ def train_and_merge(policy_path, dataset_path, output_dir, checkpoint_dir, mode:
     if mode == "full":
         trainer.save_model(str(output_dir))  # collective under DeepSpeed / FSDP; rank 0 writes
     elif trainer.is_world_process_zero():
-        merged = _merge_adapter(trainer.accelerator.unwrap_model(trainer.model), policy_path, mode, dtype,
-                                Path(checkpoint_dir) / "adapter")
-        merged.save_pretrained(str(output_dir))
+        _merge_adapter(trainer.accelerator.unwrap_model(trainer.model), policy_path, mode,
+                       Path(checkpoint_dir) / "adapter", output_dir)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(output_dir))
     return metrics, history
 
 
-def _merge_adapter(model, policy_path, mode: str, dtype, adapter_dir: Path):
-    """The trained adapter folded into π_t's weights: W + (α/r)·B·A, as a plain transformers model."""
-    if mode == "lora":
-        return model.merge_and_unload()
-    # QLoRA: merging into 4-bit weights would round them again; merge into the unquantised base.
-    from transformers import AutoModelForCausalLM
+def _merge_adapter(model, policy_path, mode: str, adapter_dir: Path, output_dir: Path) -> None:
+    """The trained adapter folded into π_t's weights, W + (α/r)·B·A, saved as a plain model in output_dir.
 
-    from sppo_lite.modeling import pick_dtype
+    LoRA: merged in memory (the full-precision model is already loaded). QLoRA: merging into 4-bit
+    weights would round them again, so the adapter is merged into π_t's unquantised weights on disk,
+    one shard at a time (a Colab runtime cannot hold the whole fp16 model in RAM).
+    """
+    if mode == "lora":
+        model.merge_and_unload().save_pretrained(str(output_dir))
+        return
+    from sppo_lite.modeling import merge_lora_on_disk
 
     model.save_pretrained(str(adapter_dir))
-    base_dtype = dtype or pick_dtype("cuda" if torch.cuda.is_available() else "cpu")
-    base = AutoModelForCausalLM.from_pretrained(str(policy_path), dtype=base_dtype)
-    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merge_lora_on_disk(policy_path, adapter_dir, output_dir)

@@ -168,3 +168,47 @@ def test_pick_dtype(monkeypatch):
     assert pick_dtype("cuda") == torch.float16  # a T4
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert pick_dtype(torch.device("cuda", 0)) == torch.bfloat16
+
+
+def test_merge_lora_on_disk_equals_peft_merge(policy_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from sppo_lite.modeling import merge_lora_on_disk
+
+    # A base saved in several shards, and an adapter whose B is not zero (as after training).
+    base = AutoModelForCausalLM.from_pretrained(policy_dir)
+    base.save_pretrained(tmp_path / "base", max_shard_size="100KB")
+    assert len(list((tmp_path / "base").glob("*.safetensors"))) > 1
+    model, _ = load_policy(policy_dir, mode="lora", lora_r=4, lora_alpha=8)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    model.save_pretrained(tmp_path / "adapter")
+    expected = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "base"),
+                                         tmp_path / "adapter").merge_and_unload().state_dict()
+    merge_lora_on_disk(tmp_path / "base", tmp_path / "adapter", tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").state_dict()  # a plain, loadable model
+    assert merged.keys() == expected.keys()
+    moved = 0
+    for name, tensor in merged.items():
+        torch.testing.assert_close(tensor, expected[name], rtol=1e-5, atol=1e-6)
+        moved += not torch.equal(tensor, base.state_dict()[name])
+    assert moved == 2 * 7  # the 7 adapted linear layers of each of the 2 layers moved, nothing else
+    with pytest.raises(ValueError, match="another model"):
+        merge_lora_on_disk(_one_layer_base(tmp_path), tmp_path / "adapter", tmp_path / "bad")
+
+
+def _one_layer_base(tmp_path):
+    """A base with only the first decoder layer's weights: half the adapter has nothing to merge into."""
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "one_layer"
+    out.mkdir()
+    tensors = {}
+    for shard in (tmp_path / "base").glob("*.safetensors"):
+        tensors.update({k: v for k, v in load_file(str(shard)).items() if ".layers.1." not in k})
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
