@@ -29,17 +29,6 @@ def assert_preference(M, K):
 
 # ---------------------------------------------------------------- fixtures
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Models this small run faster on one thread than on two, and steadily on a shared CPU."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny_pairrm():
     # Not tmp_path_factory: its path holds the user name, and llm-blender special-cases "phi" in paths.
