@@ -167,14 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_config(path, parser: argparse.ArgumentParser, command: str) -> dict:
     """Read a YAML config whose keys are the command's option names (dashes or underscores)."""
-    import yaml
+    from sppo_lite.loop import read_yaml_mapping
 
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"config file {path} does not exist")
-    cfg = yaml.safe_load(p.read_text()) or {}
-    if not isinstance(cfg, dict):
-        raise ValueError(f"config file {path} must be a YAML mapping of option: value")
+    cfg = read_yaml_mapping(path)
     sub = parser.subcommands[command]
     known = {a.dest for a in sub._actions} - {"help", "config"}
     cfg = {k.replace("-", "_"): v for k, v in cfg.items()}

@@ -130,19 +130,7 @@ def lab_config(policy_path: str, prompts_path: str, method: str = "sppo", iterat
                   "per_device_train_batch_size": 32, "max_length": 256, "max_prompt_length": 192,
                   "gradient_checkpointing": False, "bf16": False, "logging_steps": 1, "save_steps": 10_000},
     }
-    return load_config(None, _flatten(overrides))
-
-
-def _flatten(tree: dict, prefix: str = "") -> list[str]:
-    import json
-
-    out = []
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out += _flatten(value, f"{prefix}{key}.")
-        else:
-            out.append(f"{prefix}{key}={json.dumps(value)}")
-    return out
+    return load_config(updates=overrides)
 
 
 def mix_trajectory(run, iterations: int) -> tuple[np.ndarray, list[float]]:

@@ -25,6 +25,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from importlib import metadata
+from typing import Callable
 from pathlib import Path
 
 import yaml
@@ -121,18 +122,23 @@ def apply_overrides(config: dict, overrides) -> dict:
     return _merge(config, update)
 
 
-def load_config(path=None, overrides=None) -> dict:
-    """DEFAULT_CONFIG ← YAML file ← overrides; validated."""
+def read_yaml_mapping(path) -> dict:
+    """A YAML file that must hold a mapping; one-line errors when it is missing or is not one."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must be a YAML mapping of key: value")
+    return data
+
+
+def load_config(path=None, overrides=None, updates: dict | None = None) -> dict:
+    """DEFAULT_CONFIG ← YAML file ← `updates` (a nested dict) ← "a.b=value" overrides; validated."""
     config = DEFAULT_CONFIG
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ValueError(f"config file {path} does not exist")
-        data = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {path} must be a YAML mapping")
-        config = _merge(config, data)
-    config = apply_overrides(config, overrides)
+        config = _merge(config, read_yaml_mapping(path))
+    config = apply_overrides(_merge(config, updates or {}), overrides)
     _validate(config)
     return config
 
@@ -251,7 +257,7 @@ class Run:
 
     config: dict
     output_dir: Path
-    log: callable = print
+    log: Callable = print
 
     def __post_init__(self):
         self.output_dir = Path(self.output_dir)
