@@ -91,15 +91,28 @@ def cmd_pipeline(args) -> int:
     config = loop.load_config(args.config, args.set)
     t0 = time.time()
     if args.command == "iterate":
-        run = loop.run_all(config, args.output_dir, force=tuple(args.force or ()), iterations=args.iterations)
-        run.log(f"sppo-lite iterate: {args.iterations or config['iterations']} iteration(s) complete in "
-              f"{args.output_dir} ({time.time() - t0:.1f} s)")
+        force = _stages_to_force(args.force)
+        n = loop.check_iterations(config, args.iterations)
+        run = loop.run_all(config, args.output_dir, force=force, iterations=n)
+        run.log(f"sppo-lite iterate: {n} iteration(s) complete in {args.output_dir} ({time.time() - t0:.1f} s)")
     else:
+        if not 1 <= args.iteration <= config["iterations"]:
+            raise ValueError(f"--iteration must be between 1 and the config's iterations ({config['iterations']}), "
+                             f"got {args.iteration}")
         loop.quiet_datasets()
         run = loop.Run(config, args.output_dir)
         run.output_dir.mkdir(parents=True, exist_ok=True)
         loop.STAGE_FUNCTIONS[args.command](run, args.iteration, force=args.force)
     return 0
+
+
+def _stages_to_force(names) -> tuple:
+    """`--force` values → stage names; `--force` alone is an error (it would silently redo nothing)."""
+    if names is None:
+        return ()
+    if not names:
+        raise ValueError("--force needs the stages to redo, e.g. --force generate judge, or --force all")
+    return STAGE_NAMES if "all" in names else tuple(names)
 
 
 def cmd_reproduce(args) -> int:
@@ -154,8 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a config value, e.g. --set generation.k=8 (repeatable)")
         if name == "iterate":
             sp.add_argument("--iterations", type=int, help="run only iterations 1..N")
-            sp.add_argument("--force", nargs="*", choices=STAGE_NAMES, metavar="STAGE",
-                            help="redo these stages even if finished")
+            sp.add_argument("--force", nargs="*", choices=(*STAGE_NAMES, "all"), metavar="STAGE",
+                            help="redo these stages (or all) of every iteration even if finished")
         else:
             sp.add_argument("--iteration", type=int, default=1, help="SPPO iteration t (default 1)")
             sp.add_argument("--force", action="store_true", help="redo the stage even if finished")
@@ -189,9 +202,34 @@ def main(argv=None) -> int:
             load_config(args.config, parser, args.command)
             args = parser.parse_args(argv)
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:  # user-fixable input: one line, no traceback
+    except (ValueError, FloatingPointError, ImportError) as err:  # user-fixable input: one line, no traceback
         print(f"sppo-lite {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a file in the way, permissions, a full disk
+        print(f"sppo-lite {args.command}: error: {_os_error(err)}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        from sppo_lite.loop import RunLocked
+
+        if not isinstance(err, RunLocked):
+            raise
+        print(f"sppo-lite {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _os_error(err: OSError) -> str:
+    """One line for an OS error, with what to do about the usual ones."""
+    import errno
+
+    where = f": {err.filename}" if getattr(err, "filename", None) else ""
+    text = f"{err.strerror or err}{where}"
+    if err.errno == errno.ENOSPC:
+        return f"{text}: free disk space (or use an --output-dir on a bigger disk) and rerun; finished work is kept"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{text}: the folder is not writable; choose an --output-dir you can write to"
+    if err.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        return f"{text}: a file is in the way of a folder (or the reverse); move it or choose another --output-dir"
+    return text
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ from sppo_lite.game import validate_preference
 __all__ = [
     "PROMPT_COLUMNS", "CHAT_COLUMNS",
     "load_prompts", "iteration_split", "probs_from_scores", "win_rates", "select_pairs",
-    "build_sppo_dataset", "encode_chat", "pad_chat_batch", "sequence_logps", "add_reference_logps",
+    "build_sppo_dataset", "check_training_values", "encode_chat", "pad_chat_batch", "sequence_logps",
+    "add_reference_logps",
 ]
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def load_prompts(source, split: str = "train", prompt_column: str | None = None,
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
     table = _load_table(str(source), split)
     column = _prompt_column(table.column_names, prompt_column, source)
+    _check_missing(table, column, source)
     prompts, seen = [], set()
     for row, text in enumerate(table[column]):
         if text is not None and not isinstance(text, str):
@@ -119,6 +121,18 @@ def _load_table(source: str, split: str) -> datasets.Dataset:
     if len(table) == 0:
         raise ValueError(f"{source} has no rows: it needs at least one prompt")
     return table
+
+
+def _check_missing(table, column: str, source) -> None:
+    """One error for rows that lack the prompt column (a file mixing `prompt` and `question` keys, say)."""
+    missing = [i for i, text in enumerate(table[column]) if text is None]
+    if not missing:
+        return
+    others = [c for c in table.column_names if c != column and c in PROMPT_COLUMNS
+              and any(table[c][i] is not None for i in missing)]
+    hint = f" (they have {', '.join(repr(c) for c in others)} instead)" if others else ""
+    raise ValueError(f"{source}: {len(missing)} row(s) have no {column!r} value{hint}, e.g. rows "
+                     f"{', '.join(str(i) for i in missing[:5])}: give every row the same prompt key")
 
 
 def _prompt_column(columns: list[str], prompt_column: str | None, source) -> str:
@@ -272,6 +286,32 @@ def build_sppo_dataset(prompts, responses, matrices, pair_mode: str = "best_wors
                        len(prompts))
     return datasets.Dataset.from_dict({name: [r[name] for r in rows] for name in features},
                                       features=features)
+
+
+# Columns a training row may hold, and the values each must lie in.
+PROBABILITY_COLUMNS = ("chosen_probs", "chosen_probs_win", "chosen_probs_lose", "win_prob")
+REFERENCE_COLUMNS = tuple(f"ref_{c}_logps" for c in CHAT_COLUMNS)
+
+
+def check_training_values(dataset, name: str = "dataset") -> None:
+    """Raise one ValueError naming the column and rows when a win probability is not a finite number in
+    [0, 1] or a reference log-probability is not finite and <= 0: nothing else is trained on."""
+    columns = getattr(dataset, "column_names", None) or []
+    for column in columns:
+        if column in PROBABILITY_COLUMNS:
+            values = np.asarray(dataset[column], dtype=float)
+            bad = np.flatnonzero(~(np.isfinite(values) & (values >= 0) & (values <= 1)))
+            allowed = "finite probabilities in [0, 1]"
+        elif column in REFERENCE_COLUMNS:
+            values = np.asarray(dataset[column], dtype=float)
+            bad = np.flatnonzero(~(np.isfinite(values) & (values <= 1e-3)))  # a log-probability is <= 0
+            allowed = "finite log-probabilities (<= 0)"
+        else:
+            continue
+        if len(bad):
+            shown = ", ".join(f"{i} ({values[i]:g})" for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
+            raise ValueError(f"{name}: column {column} must hold {allowed}, but {len(bad)} row(s) do not: {shown}; "
+                             f"rebuild it (sppo-lite build --force) instead of training on it")
 
 
 # ---------------------------------------------------------------- sequence log-probabilities

@@ -29,7 +29,7 @@ from transformers import (GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from .modeling import require_chat_template
 
-__all__ = ["generate_responses", "generate_responses_vllm", "save_parquet", "LONG_PROMPT_POLICIES"]
+__all__ = ["generate_responses", "generate_responses_vllm", "VLLMEngine", "save_parquet", "LONG_PROMPT_POLICIES"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,22 +77,37 @@ def generate_responses(model, tokenizer, prompts, k: int = 5, temperature: float
     return _to_dataset(prompts, responses, finished), stats
 
 
-def generate_responses_vllm(model_path, prompts, k: int = 5, temperature: float = 0.7, top_p: float = 0.9,
+class VLLMEngine:
+    """A vLLM engine built once (per stage) and reused for every shard: `VLLMEngine(model_path, **llm_kwargs)`.
+
+    `model_path` is a full model directory or hub id (merge LoRA adapters first); `llm_kwargs` go to
+    vllm.LLM (tensor_parallel_size, gpu_memory_utilization, max_model_len, ...). vLLM is imported lazily.
+    """
+
+    def __init__(self, model_path, seed: int = 0, **llm_kwargs):
+        try:
+            from vllm import LLM
+        except ImportError as err:
+            raise ImportError("the vLLM backend needs vllm: pip install vllm (or sppo-lite[full]), "
+                              "or use generation.backend=transformers") from err
+        self.llm = LLM(model=str(model_path), seed=seed, **llm_kwargs)
+
+
+def generate_responses_vllm(model_path_or_engine, prompts, k: int = 5, temperature: float = 0.7, top_p: float = 0.9,
                             max_new_tokens: int = 128, seed: int = 0, max_prompt_tokens=None,
                             long_prompts: str = "skip", prompt_ids=None, **llm_kwargs):
-    """generate_responses with vLLM sampling (`pip install vllm`, imported lazily); same columns and stats.
+    """generate_responses with vLLM sampling; same columns and stats.
 
-    `model_path` is a full model directory or hub id (merge LoRA adapters first). Each prompt gets its own vLLM seed from (seed, prompt_id), so reruns match on the same vLLM version
-    and hardware; the samples differ from the transformers backend's (another RNG). `llm_kwargs` go to
-    vllm.LLM (tensor_parallel_size, gpu_memory_utilization, max_model_len, ...).
+    `model_path_or_engine`: a VLLMEngine to reuse, or a model directory / hub id to build one for this call
+    (with `llm_kwargs`). Each prompt gets its own vLLM seed from (seed, prompt_id), so reruns match on the
+    same vLLM version and hardware; the samples differ from the transformers backend's (another RNG).
     """
-    try:
-        from vllm import LLM, SamplingParams
-    except ImportError as err:
-        raise ImportError("the vLLM backend needs vllm: pip install vllm (or sppo-lite[full]), "
-                          "or use generate_responses") from err
+    from vllm import SamplingParams  # VLLMEngine has checked the import
+
     _check_sampling(k, temperature, top_p)
-    llm = LLM(model=str(model_path), seed=seed, **llm_kwargs)
+    engine = model_path_or_engine if isinstance(model_path_or_engine, VLLMEngine) else \
+        VLLMEngine(model_path_or_engine, seed=seed, **llm_kwargs)
+    llm = engine.llm
     prompts, stats = _encode_prompts(llm.get_tokenizer(), prompts, prompt_ids, max_prompt_tokens, long_prompts)
     params = [SamplingParams(n=k, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
                              seed=_row_seed(seed, p.prompt_id, 0)) for p in prompts]

@@ -22,7 +22,7 @@ from transformers import (
 )
 
 __all__ = ["MISTRAL_CHAT_TEMPLATE", "LOAD_MODES", "build_tiny_tokenizer", "build_tiny_model", "keep_4bit_trainable",
-           "merge_lora_on_disk",
+           "merge_lora_on_disk", "resolve_model_dir", "check_finite_weights",
            "save_tiny_policy", "load_policy", "pick_dtype", "require_chat_template"]
 
 LOAD_MODES = ("full", "lora", "qlora")
@@ -209,10 +209,47 @@ def _enable_checkpointing(model) -> None:
     model.config.use_cache = False
 
 
+def resolve_model_dir(name_or_path) -> str:
+    """A model folder for a folder or a Hub id: the id's snapshot in the local Hugging Face cache.
+
+    Never downloads: by the time a run needs the folder (the hand-off merge, a copy of π_t) the model
+    has been loaded from the cache, so its weights, config and tokenizer files are there.
+    """
+    name = str(name_or_path)
+    if os.path.isdir(name):
+        return name
+    try:
+        return huggingface_hub.snapshot_download(name, local_files_only=True)
+    except Exception as err:  # not a repo id, or not cached: one line either way
+        raise FileNotFoundError(f"{name!r} is neither a model folder nor a model in the local Hugging Face cache "
+                                f"({type(err).__name__}): load it once with from_pretrained, or pass a folder "
+                                f"saved with save_pretrained") from None
+
+
+def check_finite_weights(folder) -> None:
+    """Raise one ValueError naming the first tensor of a saved model (safetensors) that is not finite everywhere."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    shards = sorted(Path(folder).glob("*.safetensors"))
+    if not shards:
+        raise FileNotFoundError(f"no .safetensors weights in {folder}")
+    for shard in shards:
+        with safe_open(str(shard), framework="pt") as f:
+            for key in f.keys():
+                tensor = f.get_tensor(key)
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    bad = int((~torch.isfinite(tensor)).sum())
+                    raise ValueError(f"the trained model has {bad} non-finite value(s) in {key} ({shard.name}): "
+                                     f"it is not published; lower train.learning_rate or check the training data")
+
+
 def merge_lora_on_disk(base_dir, adapter_dir, output_dir) -> str:
     """W ← W + (α/r)·B·A for every LoRA-adapted weight, one safetensors shard at a time.
 
-    Writes a plain model to output_dir (same shards, config and tokenizer files as base_dir), never
+    base_dir: a model folder or a Hub id in the local cache (resolve_model_dir). Writes a plain model to
+    output_dir (same shards, config and tokenizer files as base_dir), never
     holding more than one shard in memory: a 7B fp16 model merges in ~5 GB of RAM instead of ~15.
     Hand-written: peft merges only a model loaded whole. Plain LoRA (and rsLoRA) adapters only.
     """
@@ -222,7 +259,7 @@ def merge_lora_on_disk(base_dir, adapter_dir, output_dir) -> str:
 
     from safetensors.torch import load_file, save_file
 
-    base_dir, adapter_dir, output_dir = Path(base_dir), Path(adapter_dir), Path(output_dir)
+    base_dir, adapter_dir, output_dir = Path(resolve_model_dir(base_dir)), Path(adapter_dir), Path(output_dir)
     cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
     if cfg.get("use_dora") or cfg.get("rank_pattern") or cfg.get("alpha_pattern") or cfg.get("modules_to_save"):
         raise ValueError("merge_lora_on_disk merges plain LoRA adapters only (no DoRA, rank/alpha patterns or "

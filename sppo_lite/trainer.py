@@ -21,21 +21,24 @@ or ref_model for full fine-tuning).
 from __future__ import annotations
 
 import contextlib
+import json
+import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from peft import PeftModel
-from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import ExportableState
 
-from sppo_lite.data import encode_chat, pad_chat_batch, sequence_logps
+from sppo_lite.data import check_training_values, encode_chat, pad_chat_batch, sequence_logps
 from sppo_lite.modeling import keep_4bit_trainable
 from sppo_lite.losses import (LOSSES, dpo_loss, ipo_loss, sppo_hard_loss, sppo_loss, sppo_pair_loss,
                               sppo_single_loss)
 
 __all__ = ["REFERENCES", "SPPOConfig", "SPPOCollator", "SPPOTrainer", "required_columns", "train_sppo",
-           "train_and_merge"]
+           "train_and_merge", "last_complete_checkpoint"]
 
 REFERENCES = ("precomputed", "on_the_fly")
 # Win-probability columns each loss reads from pair rows (sppo_hard, dpo, ipo read none).
@@ -124,6 +127,48 @@ class SPPOCollator:
         return batch
 
 
+class LossTally(TrainerCallback, ExportableState):
+    """Sum and count of the training loss over every micro-batch since step 0, saved in each checkpoint's
+    trainer_state.json, so that train_loss after a resume covers the whole run (Trainer's own covers
+    only the steps since the resume)."""
+
+    def __init__(self, total: float = 0.0, count: int = 0):
+        self.total, self.count = total, count
+
+    def add(self, value: float) -> None:
+        self.total += value
+        self.count += 1
+
+    def mean(self) -> float:
+        return self.total / self.count if self.count else float("nan")
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"total": self.total, "count": self.count}}
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint) -> "LossTally":
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+        saved = state.get("stateful_callbacks", {}).get(cls.__name__)
+        return cls(**saved["attributes"]) if saved else cls()
+
+
+def last_complete_checkpoint(folder) -> str | None:
+    """The newest checkpoint-N in `folder` that finished saving (its trainer_state.json, written last, is
+    readable); None when there is none. A checkpoint cut short by a kill is skipped."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    found = sorted((p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for checkpoint in found:
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        return str(checkpoint)
+    return None
+
+
 class SPPOTrainer(Trainer):
     """transformers.Trainer whose loss is sppo / sppo_single / sppo_hard / dpo / ipo on Δ = log π_θ − log π_t.
 
@@ -148,6 +193,7 @@ class SPPOTrainer(Trainer):
         for name, dataset in [("train_dataset", train_dataset), *evals]:
             if dataset is not None:
                 _check_columns(dataset, name, args.loss_type, args.reference)
+                check_training_values(dataset, name)
         _check_reference(model, ref_model, args.reference)
         keep_4bit_trainable(model)
         collator = data_collator or SPPOCollator(processing_class, args.max_length, args.max_prompt_length)
@@ -160,6 +206,22 @@ class SPPOTrainer(Trainer):
             ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True).eval()
         self.ref_model = ref_model
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self.loss_tally = LossTally()
+        self.add_callback(self.loss_tally)
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        """Trainer.train; resume_from_checkpoint=True takes the newest *complete* checkpoint, and train_loss
+        (metrics and TrainOutput) is the mean over the whole run, resumed or not."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+        if resume_from_checkpoint:
+            restored = LossTally.from_checkpoint(resume_from_checkpoint)
+            self.loss_tally.total, self.loss_tally.count = restored.total, restored.count
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        if self.loss_tally.count:
+            output.metrics["train_loss"] = self.loss_tally.mean()
+            output = output._replace(training_loss=self.loss_tally.mean())
+        return output
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Batch mean of the configured loss on Δ = sequence_logps(policy) − reference log-probs."""
@@ -168,7 +230,15 @@ class SPPOTrainer(Trainer):
         logps = sequence_logps(model, **sequences)
         losses, stats = self._losses(logps, ref_logps, inputs)
         loss = losses.mean()
-        self._record({"loss_scaled": self.args.beta ** 2 * losses, **stats})
+        means = self._record({"loss_scaled": self.args.beta ** 2 * losses, **stats})
+        if model.training:
+            batch_loss = means["loss_scaled"] / self.args.beta ** 2  # this micro-batch, over all processes
+            if not batch_loss == batch_loss or abs(batch_loss) == float("inf"):
+                raise FloatingPointError(
+                    f"training stopped at step {self.state.global_step}: the loss is {batch_loss} (non-finite), so "
+                    f"nothing is saved from here; lower learning_rate, use fp32 or bf16 instead of fp16, or check the "
+                    f"dataset's log-probabilities")
+            self.loss_tally.add(batch_loss)
         return (loss, {"logps": logps.detach(), "ref_logps": ref_logps}) if return_outputs else loss
 
     def _reference_logps(self, model, inputs, sequences) -> torch.Tensor:
@@ -210,13 +280,14 @@ class SPPOTrainer(Trainer):
                  "logps/chosen": pc, "logps/rejected": pr, "rewards/accuracy": (dc > dr).float()}
         return losses, stats
 
-    def _record(self, stats: dict) -> None:
-        """Append the batch means (over all processes) of per-row statistics, for log() to average."""
+    def _record(self, stats: dict) -> dict:
+        """Append the batch means (over all processes) of per-row statistics, for log() to average; return them."""
         rows = torch.stack([v.detach().float() for v in stats.values()], dim=1)  # (B, statistics)
         means = self.accelerator.gather_for_metrics(rows).mean(0).tolist()
         mode = "train" if self.model.training else "eval"
         for name, value in zip(stats, means):
             self._metrics[mode][name].append(value)
+        return dict(zip(stats, means))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the recorded statistics, averaged since the last log (eval_ prefixed in evaluation)."""
@@ -301,7 +372,6 @@ def train_and_merge(policy_path, dataset_path, output_dir, checkpoint_dir, mode:
     """
     from datasets import Dataset
     from transformers import set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     from sppo_lite.modeling import load_policy
 
@@ -310,17 +380,26 @@ def train_and_merge(policy_path, dataset_path, output_dir, checkpoint_dir, mode:
     # The arguments come first: under DeepSpeed ZeRO-3 they switch from_pretrained to sharded loading
     # (zero.Init), so no process holds the whole model. use_cpu also makes torchrun on CPU
     # data-parallel (gloo); without it every rank trains alone.
+    config.setdefault("report_to", [])  # train.report_to: [wandb], [tensorboard], ...
+    config.setdefault("save_total_limit", 1)
     args = SPPOConfig(output_dir=str(checkpoint_dir), seed=seed, save_strategy="steps", save_steps=save_steps,
-                      save_total_limit=1, report_to=[], dataloader_pin_memory=on_gpu, use_cpu=not on_gpu,
-                      **_mixed_precision(bf16), **config)
+                      dataloader_pin_memory=on_gpu, use_cpu=not on_gpu, **_mixed_precision(bf16), **config)
+    dataset = Dataset.from_parquet(str(dataset_path))
+    check_training_values(dataset, str(dataset_path))  # before loading anything
     set_seed(seed)  # the fresh LoRA adapter's initialisation is part of the run: seed it
     model, tokenizer = load_policy(policy_path, mode=mode, dtype=dtype, lora_r=lora_r, lora_alpha=lora_alpha,
                                    lora_dropout=lora_dropout, gradient_checkpointing=gradient_checkpointing)
     model.train()
-    dataset = Dataset.from_parquet(str(dataset_path))
     trainer = SPPOTrainer(model, args, train_dataset=dataset, processing_class=tokenizer)
-    last = get_last_checkpoint(str(checkpoint_dir)) if Path(checkpoint_dir).is_dir() else None
+    last = last_complete_checkpoint(checkpoint_dir)
+    if trainer.is_world_process_zero() and Path(checkpoint_dir).is_dir():  # a kill mid-save leaves a partial one
+        newest = int(Path(last).name.split("-")[-1]) if last else -1
+        for partial in Path(checkpoint_dir).glob("checkpoint-*"):
+            step = partial.name.split("-")[-1]
+            if partial.is_dir() and step.isdigit() and int(step) > newest:
+                shutil.rmtree(partial, ignore_errors=True)
     metrics = trainer.train(resume_from_checkpoint=last).metrics
+    metrics["global_step"] = trainer.state.global_step
     history = trainer.state.log_history
 
     output_dir = Path(output_dir)
@@ -347,4 +426,4 @@ def _merge_adapter(model, policy_path, mode: str, adapter_dir: Path, output_dir:
     from sppo_lite.modeling import merge_lora_on_disk
 
     model.save_pretrained(str(adapter_dir))
-    merge_lora_on_disk(policy_path, adapter_dir, output_dir)
+    merge_lora_on_disk(policy_path, adapter_dir, output_dir)  # a Hub id is read from its cached snapshot

@@ -4,9 +4,13 @@ import json
 import pytest
 import torch
 
+from pathlib import Path
+
 from sppo_lite import generation, loop
+from sppo_lite.loop import stages
 
 torch.set_num_threads(1)
+PROMPTS = str(Path(__file__).resolve().parent.parent / "data" / "prompts.jsonl")
 
 
 def tiny_config(tmp_path, **overrides):
@@ -14,7 +18,7 @@ def tiny_config(tmp_path, **overrides):
     base = {
         "seed": 3, "iterations": 1,
         "policy": {"model": "tiny", "device": "cpu"},
-        "prompts": {"source": "data/prompts.jsonl", "n_prompts": 6},
+        "prompts": {"source": PROMPTS, "n_prompts": 6},
         "generation": {"k": 3, "max_new_tokens": 6, "batch_size": 4, "shard_size": 2},
         "judge": {"type": "length", "device": "cpu", "shard_size": 2},
         "build": {"ref_batch_size": 4},
@@ -115,7 +119,7 @@ def test_crash_between_stages_resumes(tmp_path, repo_cwd, monkeypatch):
     def broken_judge(*a, **k):
         raise RuntimeError("judge crashed")
 
-    monkeypatch.setattr(loop, "make_judge", broken_judge)
+    monkeypatch.setattr(stages, "make_judge", broken_judge)
     with pytest.raises(RuntimeError):
         run_three(config, tmp_path / "run")
     run = loop.Run(config, tmp_path / "run")
@@ -148,10 +152,9 @@ def test_config_errors(override, message):
 
 
 def test_missing_prompt_file_and_missing_upstream(tmp_path, repo_cwd):
-    config = tiny_config(tmp_path, **{"prompts.source": "nowhere/prompts.jsonl"})
-    run = loop.Run(config, tmp_path / "run", log=lambda *_: None)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        loop.generate_stage(run, 1)
+    with pytest.raises(ValueError, match="nowhere/prompts.jsonl does not exist"):
+        tiny_config(tmp_path, **{"prompts.source": "nowhere/prompts.jsonl"})
+    run = loop.Run(tiny_config(tmp_path), tmp_path / "run", log=lambda *_: None)
     with pytest.raises(ValueError, match="iter1/generate has not finished"):
         loop.judge_stage(run, 1)
 
@@ -197,8 +200,8 @@ def test_two_iterations_hand_off_the_trained_policy(tmp_path, repo_cwd, mode):
     assert any(not torch.equal(pi2[k], pi3[k]) for k in base)
     # Iteration 2 generated with π_2 and took its reference log-probs from π_2.
     gen2 = loop.read_manifest(run.stage_dir(2, "generate"))
-    assert gen2["counts"]["policy"] == str(run.stage_dir(1, "train") / "model")
     train1 = loop.read_manifest(run.stage_dir(1, "train"))
+    assert gen2["counts"]["policy"] == train1["artifact_hash"] == loop.content_hash(run.stage_dir(1, "train") / "model")
     assert train1["counts"]["steps"] >= 1 and (run.stage_dir(1, "train") / "log_history.json").is_file()
 
 
