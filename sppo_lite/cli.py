@@ -89,6 +89,7 @@ def cmd_pipeline(args) -> int:
     from sppo_lite import loop
 
     config = loop.load_config(args.config, args.set)
+    loop.check_prompt_source(config)
     t0 = time.time()
     if args.command == "iterate":
         force = _stages_to_force(args.force)

@@ -133,6 +133,15 @@ def _into(log_file: Path | None):
         yield
 
 
+def _for_recipe_file(config: dict) -> dict:
+    """The config as a YAML recipe elsewhere must say it: a prompt file by its absolute path (a relative
+    path in a recipe is read from the recipe's folder)."""
+    source = config["prompts"]["source"]
+    if Path(source).is_file():
+        config = {**config, "prompts": {**config["prompts"], "source": str(Path(source).resolve())}}
+    return config
+
+
 def run_pipeline(config: dict, run_dir, gpus: int = 1, accelerate_config=None, quiet: bool = True,
                  log: Callable = print) -> dict:
     """All iterations of `config` into run_dir, resumable; returns resources.json's content.
@@ -151,7 +160,7 @@ def run_pipeline(config: dict, run_dir, gpus: int = 1, accelerate_config=None, q
     resources = json.loads(resources_path.read_text()) if resources_path.is_file() else {}
     if gpus > 1:
         recipe = run_dir / "recipe.yaml"
-        recipe.write_text(yaml.safe_dump(config, sort_keys=False))
+        recipe.write_text(yaml.safe_dump(_for_recipe_file(config), sort_keys=False))
         cmd = accelerate_command(recipe, run_dir, gpus, accelerate_config or accelerate_config_for(config))
         log("$ " + shlex.join(["accelerate", "launch", *cmd[3:]]))
         _launch(cmd, log_file or run_dir / "pipeline.log", log)
@@ -164,18 +173,19 @@ def run_pipeline(config: dict, run_dir, gpus: int = 1, accelerate_config=None, q
             log(*args)
 
     run = loop.Run(config, run_dir, report)
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
-    for t in range(1, config["iterations"] + 1):
-        for stage in loop.STAGES:
-            before = loop.read_manifest(run.stage_dir(t, stage))
-            _reset_gpu_peak()
-            t0 = time.time()
-            with _into(log_file):
-                after = loop.STAGE_FUNCTIONS[stage](run, t)
-            if after != before:  # it ran now: record what it cost
-                resources.setdefault(f"iter{t}", {})[stage] = {
-                    "wall_s": round(time.time() - t0, 2), "peak_gpu_gib": _peak_gpu_gib()}
-                resources_path.write_text(json.dumps(resources, indent=2))
+    with run.lock:  # one run per folder; config.json is written once the config is accepted
+        run.accept(config["iterations"])
+        for t in range(1, config["iterations"] + 1):
+            for stage in loop.STAGES:
+                before = loop.read_manifest(run.stage_dir(t, stage))
+                _reset_gpu_peak()
+                t0 = time.time()
+                with _into(log_file):
+                    after = loop.STAGE_FUNCTIONS[stage](run, t)
+                if after != before:  # it ran now: record what it cost
+                    resources.setdefault(f"iter{t}", {})[stage] = {
+                        "wall_s": round(time.time() - t0, 2), "peak_gpu_gib": _peak_gpu_gib()}
+                    resources_path.write_text(json.dumps(resources, indent=2))
     _reset_gpu_peak()
     return resources
 

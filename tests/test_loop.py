@@ -152,8 +152,9 @@ def test_config_errors(override, message):
 
 
 def test_missing_prompt_file_and_missing_upstream(tmp_path, repo_cwd):
-    with pytest.raises(ValueError, match="nowhere/prompts.jsonl does not exist"):
-        tiny_config(tmp_path, **{"prompts.source": "nowhere/prompts.jsonl"})
+    with pytest.raises(ValueError, match="nowhere/prompts.jsonl does not exist.*recipe's folder"):
+        loop.run_all(tiny_config(tmp_path, **{"prompts.source": "nowhere/prompts.jsonl"}), tmp_path / "r")
+    assert not (tmp_path / "r" / "config.json").exists()
     run = loop.Run(tiny_config(tmp_path), tmp_path / "run", log=lambda *_: None)
     with pytest.raises(ValueError, match="iter1/generate has not finished"):
         loop.judge_stage(run, 1)

@@ -23,14 +23,14 @@ log-probs of the build stage are spread over the processes (one GPU each), and t
 data-parallel through the Trainer (DDP; DeepSpeed / FSDP for full fine-tuning via an accelerate config).
 """
 from .artifacts import RunLock, RunLocked, content_hash, model_identity, ranks, read_manifest
-from .config import (DEFAULT_CONFIG, JUDGE_TYPES, apply_overrides, check_config, check_iterations, load_config,
-                     read_yaml_mapping)
+from .config import (DEFAULT_CONFIG, JUDGE_TYPES, apply_overrides, check_config, check_iterations, check_prompt_source,
+                     load_config, read_yaml_mapping)
 from .run import ARTIFACTS, STAGES, Run, StageChanged, quiet_datasets, run_all, run_iteration
 from .stages import (STAGE_FUNCTIONS, build_stage, device_for, generate_stage, iteration_prompts, judge_stage,
                      make_judge, run_shards, train_stage)
 
 __all__ = ["STAGES", "ARTIFACTS", "DEFAULT_CONFIG", "JUDGE_TYPES", "STAGE_FUNCTIONS", "load_config", "apply_overrides",
-           "read_yaml_mapping", "check_config", "check_iterations", "Run", "StageChanged", "RunLock", "RunLocked",
+           "read_yaml_mapping", "check_config", "check_iterations", "check_prompt_source", "Run", "StageChanged", "RunLock", "RunLocked",
            "run_iteration", "run_all", "quiet_datasets", "read_manifest", "content_hash", "model_identity", "ranks",
            "iteration_prompts", "make_judge", "run_shards", "device_for", "generate_stage", "judge_stage",
            "build_stage", "train_stage"]

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 __all__ = ["DEFAULT_CONFIG", "JUDGE_TYPES", "load_config", "apply_overrides", "read_yaml_mapping", "check_config",
-           "check_iterations"]
+           "check_iterations", "check_prompt_source"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 JUDGE_TYPES = ("pairrm", "reward_model", "length", "cyclic_style")
@@ -188,11 +188,15 @@ def load_config(path=None, overrides=None, updates: dict | None = None) -> dict:
     config = _merge(config, _source_from(updates or {}, Path.cwd()))
     config = _merge(config, _source_from(_overrides_to_dict(overrides), Path.cwd()))
     check_config(config)
+    return config
+
+
+def check_prompt_source(config: dict) -> None:
+    """A prompt file that is not there, said before any work (with where relative paths are read from)."""
     source = config["prompts"]["source"]
     if source.lower().endswith(_PROMPT_SUFFIXES) and not Path(source).is_file():
         raise ValueError(f"prompts.source {source} does not exist: a relative path in a recipe is read from the "
                          f"recipe's folder, one given with --set from the working directory")
-    return config
 
 
 # ---------------------------------------------------------------- checking

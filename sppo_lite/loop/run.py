@@ -148,8 +148,10 @@ class Run:
         Raises StageChanged for the first finished stage made with another config, unless forced; a
         forced stage and everything after it will be redone, so nothing later is checked.
         """
+        from .config import check_prompt_source
         from .stages import STAGE_SPECS
 
+        check_prompt_source(self.config)
         with self.lock:
             if ranks()[0] == 0:
                 for t in range(1, iterations + 1):
