@@ -58,6 +58,14 @@ def _resolve_ranker_dir(model_name_or_path: str) -> str:
             f"or pass a local ranker directory") from err
 
 
+def require_torch_for_ranker(version: str) -> None:
+    """llm-blender unpickles ranker checkpoints with torch.load, which transformers allows from torch 2.6 on."""
+    major, minor = (int(x) for x in version.split("+")[0].split(".")[:2])
+    if (major, minor) < (2, 6):
+        raise ImportError(f"PairRM needs torch >= 2.6 to load its ranker checkpoint (found {version}): "
+                          f"pip install -U 'torch>=2.6'")
+
+
 def load_blender(model_name_or_path: str = "llm-blender/PairRM", device: str = "cpu", dtype=None):
     """`llm_blender.Blender` with its ranker loaded by `Blender().loadranker(path, device=device)`.
 
@@ -66,6 +74,7 @@ def load_blender(model_name_or_path: str = "llm-blender/PairRM", device: str = "
     """
     import torch
 
+    require_torch_for_ranker(torch.__version__)
     patch_llm_blender_for_transformers5()
     import llm_blender
 

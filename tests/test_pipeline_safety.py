@@ -476,3 +476,12 @@ def test_the_vllm_engine_is_built_once_per_stage(tmp_path, monkeypatch):
     config = tiny_config(tmp_path, **{"generation.backend": "vllm"})
     manifest = loop.generate_stage(loop.Run(config, tmp_path / "run", **QUIET), 1)
     assert manifest["counts"]["generated"] == 6 and len(built_engines) == 1  # 3 shards, one engine
+
+
+def test_pairrm_needs_torch_2_6():
+    from sppo_lite.pairrm import require_torch_for_ranker
+
+    require_torch_for_ranker("2.6.0+cu124")
+    require_torch_for_ranker("2.13.0")
+    with pytest.raises(ImportError, match="torch >= 2.6.*found 2.5.1"):
+        require_torch_for_ranker("2.5.1")
