@@ -240,6 +240,28 @@ def test_a_second_run_is_refused_and_a_dead_holders_lock_is_taken_over(tmp_path,
     assert manifests["build"]["counts"]["rows"] > 0 and not (out / ".lock").exists()
 
 
+def test_a_lock_from_another_host_is_taken_over_once_its_heartbeat_is_stale(tmp_path):
+    lock_file = tmp_path / ".lock"
+    lock_file.write_text(json.dumps({"pid": 12345, "host": "recycled-colab-vm", "started": "yesterday"}))
+    with pytest.raises(loop.RunLocked, match="process 12345 on recycled-colab-vm"):
+        loop.RunLock(tmp_path).acquire()  # heartbeat fresh: it may still be running there
+    stale = lock_file.stat().st_mtime - loop.RunLock.STALE_S - 1
+    os.utime(lock_file, (stale, stale))
+    with loop.RunLock(tmp_path):
+        assert json.loads(lock_file.read_text())["pid"] == os.getpid()
+
+
+def test_the_holder_keeps_its_heartbeat(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setattr(loop.RunLock, "HEARTBEAT_S", 0.05)
+    with loop.RunLock(tmp_path):
+        old = tmp_path.joinpath(".lock").stat().st_mtime - 100
+        os.utime(tmp_path / ".lock", (old, old))
+        time.sleep(0.3)
+        assert time.time() - (tmp_path / ".lock").stat().st_mtime < 5
+
+
 def test_the_lock_is_reentrant_within_a_process(tmp_path):
     lock = loop.RunLock(tmp_path)
     with lock:

@@ -121,13 +121,17 @@ class RunLocked(RuntimeError):
 class RunLock:
     """One run per output folder: `OUTPUT_DIR/.lock` names its holder (pid, host, start).
 
-    A second run refuses at once with the holder's name; a lock whose process is gone (same host)
-    is taken over. Re-entrant within a process (a notebook may call run_all twice). Only rank 0 of a
-    launch holds it: the other ranks are the same run. Hand-written: a lock file (not flock) also
-    works on the network and FUSE folders (Google Drive) that runs are often kept on.
+    A second run refuses at once with the holder's name; a lock whose process is gone is taken over:
+    on the same host when its pid no longer runs, from another host (a Colab runtime that was recycled,
+    with the run on Google Drive) when its heartbeat — the holder touches the file every
+    HEARTBEAT_S seconds — is older than STALE_S. Re-entrant within a process (a notebook may call
+    run_all twice). Only rank 0 of a launch holds it: the other ranks are the same run. Hand-written:
+    a lock file (not flock) also works on the network and FUSE folders that runs are often kept on.
     """
 
-    _held: dict = {}  # resolved folder → depth, for this process
+    HEARTBEAT_S = 30.0
+    STALE_S = 300.0
+    _held: dict = {}  # resolved folder → [depth, stop event], for this process
 
     def __init__(self, folder):
         self.folder = Path(folder)
@@ -148,7 +152,7 @@ class RunLock:
             return
         key = self._key()
         if key in RunLock._held:
-            RunLock._held[key] += 1
+            RunLock._held[key][0] += 1
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
@@ -166,7 +170,7 @@ class RunLock:
                 continue
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
-            RunLock._held[key] = 1
+            RunLock._held[key] = [1, self._start_heartbeat()]
             return
         raise RunLocked(f"could not take the lock {self.path}: another process keeps taking it")
 
@@ -174,11 +178,13 @@ class RunLock:
         if ranks()[0] != 0:
             return
         key = self._key()
-        depth = RunLock._held.get(key, 0)
+        depth, stop = RunLock._held.get(key, (0, None))
         if depth > 1:
-            RunLock._held[key] = depth - 1
+            RunLock._held[key][0] = depth - 1
             return
         RunLock._held.pop(key, None)
+        if stop is not None:
+            stop.set()
         holder = self._holder()
         if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
             self.path.unlink(missing_ok=True)
@@ -194,10 +200,29 @@ class RunLock:
             except (OSError, ValueError):
                 return None
 
-    @staticmethod
-    def _dead(holder: dict) -> bool:
+    def _start_heartbeat(self):
+        """Touch the lock every HEARTBEAT_S seconds until released (a daemon thread: it dies with the process)."""
+        import threading
+
+        stop = threading.Event()
+
+        def beat():
+            while not stop.wait(self.HEARTBEAT_S):
+                try:
+                    os.utime(self.path)
+                except OSError:
+                    pass
+
+        threading.Thread(target=beat, name="sppo-lite-lock-heartbeat", daemon=True).start()
+        return stop
+
+    def _dead(self, holder: dict) -> bool:
         if holder.get("host") != socket.gethostname():
-            return False  # cannot see another machine's processes: the user decides
+            # Another machine's processes cannot be seen: a silent heartbeat says the holder is gone.
+            try:
+                return time.time() - self.path.stat().st_mtime > self.STALE_S
+            except OSError:
+                return True
         try:
             os.kill(int(holder["pid"]), 0)
         except ProcessLookupError:
