@@ -11,6 +11,7 @@ Modules, one concept each (import the one you need; nothing heavy is imported he
     trainer     SPPOTrainer on transformers.Trainer
     loop        the resumable stages generate → judge → build → train
     evaluate    win rates, length-controlled win rate, bootstrap CIs, best-of-n, the paper's table
+    claims      claim(condition, statement, **numbers): a notebook sentence checked by its run
     evaluation_run  a finished run read back and evaluated iteration by iteration
     reproduce   the pipeline from a notebook (in-process or accelerate launch); notebooks 04 → 05
     plots       the figures the notebooks show
