@@ -20,7 +20,9 @@ ranker passes per prompt); the time covers tokenisation, the ranker and the scor
 Reported: prompts/s (median of `--repeats` interleaved rounds) and the speed-up over official (same
 run), whether the trained pair
 (chosen, rejected) = (argmax, argmin) is the same for every prompt, and max |P_official − P_sppo_lite|.
-Writes benchmarks/results/judge-<hardware>[-tiny].json.
+Writes benchmarks/results/judge-<hardware>[-tiny].json (`--results-dir` moves it). With
+--profile-if-behind, when sppo-lite is under `--target-speedup` (5×) the official speed, one batch of
+PairRMJudge.win_matrices is profiled and its top ops go in the JSON under "profile".
 
 `--ranker large` is DeBERTa-v3-large-shaped (hidden 1024, 24 layers, 16 heads, MLP 4096) with random
 weights, laid out as `sppo_lite.pairrm.build_tiny_pairrm` lays out its tiny ranker: its speed is
@@ -158,6 +160,20 @@ def timed(fn, *args):
     return result, time.perf_counter() - t0
 
 
+def profile_batch(judge, prompts, responses, on_gpu: bool, rows: int = 25) -> dict:
+    """torch.profiler over one PairRMJudge.win_matrices batch: top ops by self device (GPU) or CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        judge.win_matrices(prompts, responses)
+        if on_gpu:
+            torch.cuda.synchronize()
+    sort = "self_device_time_total" if on_gpu else "self_cpu_time_total"
+    return {"prompts": len(prompts), "sort_by": sort,
+            "output": prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=60)}
+
+
 def compare(reference, matrices) -> dict:
     pairs = [(select_pairs(a)[0], select_pairs(b)[0]) for a, b in zip(reference, matrices)]
     differ = sum((a["chosen_index"], a["rejected_index"]) != (b["chosen_index"], b["rejected_index"])
@@ -178,6 +194,10 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "sppo-lite-bench"),
                     help="where the tiny / large ranker is built once and reused")
+    ap.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"), help="where the JSON goes")
+    ap.add_argument("--profile-if-behind", action="store_true",
+                    help="profile one sppo-lite batch when the speed-up misses --target-speedup; tables in the JSON")
+    ap.add_argument("--target-speedup", type=float, default=5.0, help="sppo-lite over official prompts/s (reported only)")
     args = ap.parse_args()
 
     if not args.device.startswith("cuda"):
@@ -221,8 +241,13 @@ def main() -> None:
         **compare(reference, ours),
         "versions": {name: metadata.version(name) for name in ("torch", "transformers", "llm-blender")},
     }
+    result["targets"] = {"speedup": args.target_speedup, "same_decisions": True,
+                         "met": result["speedup"] >= args.target_speedup and result["same_decisions"]}
+    if args.profile_if_behind and result["speedup"] < args.target_speedup:
+        print(f"speed-up {result['speedup']:.2f}× < {args.target_speedup}×: profiling one sppo-lite batch ...", flush=True)
+        result["profile"] = profile_batch(judge, prompts[:args.batch_size], responses[:args.batch_size], on_gpu)
     suffix = "-tiny" if args.ranker == "tiny" else ""
-    out = ROOT / "benchmarks" / "results" / f"judge-{hw}{suffix}.json"
+    out = Path(args.results_dir) / f"judge-{hw}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     ours_label = f"sppo-lite ({result['sppo_lite']['dtype']}, batch {args.batch_size})"
@@ -234,7 +259,7 @@ def main() -> None:
           f"({result['decisions_differ']} differ); max |ΔP| = {result['max_prob_diff']:.2e}"
           f" (sorted: {result['sppo_lite_sorted']['same_decisions']}, "
           f"{result['sppo_lite_sorted']['max_prob_diff']:.2e})")
-    print(f"written {out.relative_to(ROOT)}")
+    print(f"written {out}")
 
 
 if __name__ == "__main__":

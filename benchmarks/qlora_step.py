@@ -4,6 +4,7 @@
     python benchmarks/qlora_step.py --tiny           # CPU: tiny Mistral shape, same code paths, a few minutes
     python benchmarks/qlora_step.py --profile        # torch.profiler on one sppo-lite step (add --tiny on CPU)
     python benchmarks/qlora_step.py --shapes 1024x8 --variants sppo_lite,trl    # a subset (add --update to merge)
+    python benchmarks/qlora_step.py --shapes 1024x8 --variants sppo_lite,trl --results-dir DIR --profile-if-behind
 
 Measured, per shape (sequence length L × sequences per step; half prompt, half response tokens):
 one optimizer step = data loading + forward + backward + optimizer step, timed between consecutive
@@ -26,7 +27,14 @@ non-reentrant gradient checkpointing, AdamW, grad-norm clipping 1.0, the sppo_ha
 token sequences. Each (variant, shape) runs in a fresh subprocess, so allocator state and peak
 memory do not leak between them. On CPU the workers use one intra-op thread with subnormal floats
 flushed to zero (see BENCHMARKS.md: both otherwise swamp a tiny model's timings). Writes benchmarks/results/qlora_step-<hardware>[-tiny].json:
-the first shape's variants at the top level, every shape under "shapes", ratios vs TRL.
+the first shape's variants at the top level, every shape under "shapes", ratios vs TRL (`--results-dir`
+moves it). With --profile-if-behind, a sppo-lite step that misses the targets (1.1× TRL's tokens/s,
+0.9× its peak memory) is profiled once more and the profile tables go in the JSON under "profile".
+
+The random-init model is never written to disk by default (--weights memory): the driver saves the
+config and tokenizer only, and each worker makes the weights on its device and quantises them inside
+from_pretrained (a state dict instead of files), so a 7B worker skips a 15 GB checkpoint write and read.
+--weights disk keeps the checkpoint path (saved once in --workdir, loaded by every worker).
 """
 from __future__ import annotations
 
@@ -97,13 +105,27 @@ def model_config(tokenizer, tiny: bool):
     return MistralConfig(**ids)  # Mistral-7B: vocab 32000, hidden 4096, MLP 14336, 32 layers, 32 / 8 heads
 
 
-def build_model_dir(model_dir: Path, tiny: bool) -> None:
-    """Save a random-init model (bf16 on GPU, float32 on CPU) and the tokenizer with save_pretrained."""
+RANDOM_WEIGHTS = "random_weights.json"  # in a model folder without weight files: build them in memory on loading
+
+
+def build_model_dir(model_dir: Path, tiny: bool, weights: str = "memory") -> None:
+    """Save the tokenizer and the config; with weights="disk" also a random-init model (bf16 on GPU, float32 on CPU).
+
+    weights="memory" writes no weights, only a marker file: every worker builds random weights on the
+    target device and quantises them while loading (`use_random_weights`), with no checkpoint
+    written or read (Mistral-7B: 15 GB).
+    """
     import torch
     from transformers import MistralForCausalLM
 
     tokenizer = build_tokenizer(make_words())
     config = model_config(tokenizer, tiny)
+    if weights == "memory":
+        config.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+        (model_dir / RANDOM_WEIGHTS).write_text(json.dumps({"init": "normal", "std": config.initializer_range,
+                                                            "seed": 0}))
+        return
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     default = torch.get_default_dtype()
@@ -115,6 +137,64 @@ def build_model_dir(model_dir: Path, tiny: bool) -> None:
         torch.set_default_dtype(default)
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
+
+
+def random_state_dict(config, dtype, device, seed: int = 0) -> dict:
+    """Random weights for every tensor of MistralForCausalLM(config), made on `device` (no CPU copy).
+
+    As the model's own init: linear and embedding weights ~ N(0, initializer_range), the padding row
+    zero, RMSNorm weights one.
+    """
+    import torch
+    from transformers import MistralForCausalLM
+
+    with torch.device("meta"):
+        shapes = {name: t.shape for name, t in MistralForCausalLM(config).state_dict().items()}
+    generator = torch.Generator(device=device).manual_seed(seed)
+    state = {}
+    for name, shape in shapes.items():
+        if len(shape) == 1:
+            state[name] = torch.ones(shape, dtype=dtype, device=device)
+        else:
+            state[name] = torch.empty(shape, dtype=dtype, device=device).normal_(
+                0.0, config.initializer_range, generator=generator)
+    if config.pad_token_id is not None:
+        state["model.embed_tokens.weight"][config.pad_token_id] = 0
+    return state
+
+
+def use_random_weights(model_dir) -> None:
+    """Make AutoModelForCausalLM.from_pretrained(model_dir, ...) build random weights instead of reading files.
+
+    The weights are made on the device of `device_map` and handed to from_pretrained as a state dict,
+    so quantisation (quantization_config), dtype and device placement run exactly as for a checkpoint
+    on disk. Every other path loads as usual. Benchmark-only: sppo_lite.modeling.load_policy and the
+    TRL / plain loaders below call from_pretrained unchanged.
+    """
+    import torch
+    import transformers
+    from transformers import AutoConfig, MistralForCausalLM
+
+    auto = transformers.AutoModelForCausalLM
+    original = auto.from_pretrained
+    target = Path(model_dir).resolve()
+
+    def from_pretrained(name, *args, **kwargs):
+        if args or Path(str(name)).resolve() != target:
+            return original(name, *args, **kwargs)
+        config = AutoConfig.from_pretrained(target)
+        dtype = kwargs.get("dtype") or torch.float32
+        place = (kwargs.get("device_map") or {"": "cpu"}).get("", "cpu")
+        device = torch.device(f"cuda:{place}" if isinstance(place, int) else place)
+        state = random_state_dict(config, dtype, device)
+        model = MistralForCausalLM.from_pretrained(None, config=config, state_dict=state, **kwargs)
+        del state
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        model.config.name_or_path = str(target)
+        return model
+
+    auto.from_pretrained = from_pretrained
 
 
 def parse_shape(shape: str) -> tuple[int, int]:
@@ -158,6 +238,9 @@ class Run:
         self.device_map = {"": 0} if self.cuda else {"": "cpu"}
         self.rows = make_rows(self.n_pairs * (self.warmup + self.steps), self.length, make_words())
         self.tmp = tempfile.mkdtemp(prefix="qlora_step_")
+        self.load_s = None  # seconds to load (and quantise) the model, set by each variant
+        if (Path(self.model_dir) / RANDOM_WEIGHTS).exists():
+            use_random_weights(self.model_dir)
 
     def sync(self):
         import torch
@@ -187,8 +270,11 @@ class Run:
 
         bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                  bnb_4bit_compute_dtype=self.dtype)
+        t0 = time.perf_counter()
         model = AutoModelForCausalLM.from_pretrained(self.model_dir, quantization_config=bnb, dtype=self.dtype,
                                                      device_map=self.device_map)
+        self.sync()
+        self.load_s = time.perf_counter() - t0
         if not self.cuda:  # CPU only: an eval-mode no-grad forward would repack the weights into a format
             keep_4bit_trainable(model)  # without gradients (TRL's reference precompute does one)
         return model
@@ -238,8 +324,11 @@ def run_sppo_lite(run: Run) -> list[float]:
     from sppo_lite.modeling import load_policy
     from sppo_lite.trainer import SPPOConfig, SPPOTrainer
 
+    t0 = time.perf_counter()
     model, tokenizer = load_policy(run.model_dir, mode="qlora", dtype=run.dtype, gradient_checkpointing=True,
                                    lora_r=16, lora_alpha=32, lora_dropout=run.lora_dropout)
+    run.sync()
+    run.load_s = time.perf_counter() - t0
     model.train()
     rows = [{"prompt": p, "chosen": chat(p, c), "rejected": chat(p, r)} for p, c, r in run.rows]
     encoded = encode_chat(tokenizer, rows[0]["chosen"], run.length, run.length // 2)
@@ -358,7 +447,7 @@ def worker(args) -> None:
             seconds = run_plain(run)
         median = statistics.median(seconds)
         result.update(
-            tokens_per_s=run.length * run.n_seq / median, median_step_s=median, step_s=seconds,
+            tokens_per_s=run.length * run.n_seq / median, median_step_s=median, step_s=seconds, load_s=run.load_s,
             peak_gb=torch.cuda.max_memory_allocated() / 1e9 if run.cuda else None,
             rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2)  # Linux: KiB
     except Exception as err:  # one variant failing (OOM, an API change) must not sink the whole table
@@ -372,8 +461,13 @@ def worker(args) -> None:
 
 # ---------------------------------------------------------------- the driver
 
-def spawn(argv: list[str], tiny: bool, timeout: int, echo: bool = False) -> dict:
-    """Run this script as a worker in a fresh process; its RESULT line, or the error it died with."""
+def spawn(argv: list[str], tiny: bool, timeout: int, echo: bool = False, capture: bool = False) -> dict:
+    """Run this script as a worker in a fresh process; its RESULT line, or the error it died with.
+
+    Adds wall_s (the whole process: start, imports, model loading, steps); with capture, the worker's
+    other stdout lines as "stdout".
+    """
+    t0 = time.perf_counter()
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
     if tiny:
         env["CUDA_VISIBLE_DEVICES"] = ""  # --tiny is the CPU run, also on a GPU machine
@@ -381,31 +475,42 @@ def spawn(argv: list[str], tiny: bool, timeout: int, echo: bool = False) -> dict
         proc = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, env=env,
                               timeout=timeout, cwd=ROOT)
     except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout} s"}
+        return {"error": f"timed out after {timeout} s", "wall_s": time.perf_counter() - t0}
+    wall_s = time.perf_counter() - t0
     lines = proc.stdout.splitlines()
+    text = "\n".join(line for line in lines if not line.startswith("RESULT "))
     if echo:
-        print("\n".join(line for line in lines if not line.startswith("RESULT ")))
+        print(text)
     results = [json.loads(line[len("RESULT "):]) for line in lines if line.startswith("RESULT ")]
     if results:
         if "error" in results[-1]:
             print(proc.stderr[-3000:], file=sys.stderr)
-        return results[-1]
-    tail = [line for line in proc.stderr.splitlines() if line.strip()]
-    print(proc.stderr[-3000:], file=sys.stderr)
-    return {"error": f"exit {proc.returncode}: {tail[-1][:300] if tail else 'no output'}"}
+        result = results[-1]
+    else:
+        tail = [line for line in proc.stderr.splitlines() if line.strip()]
+        print(proc.stderr[-3000:], file=sys.stderr)
+        result = {"error": f"exit {proc.returncode}: {tail[-1][:300] if tail else 'no output'}"}
+    result["wall_s"] = wall_s
+    if capture:
+        result["stdout"] = text
+    return result
 
 
-def ensure_model(workdir: Path, tiny: bool, timeout: int) -> Path:
-    model_dir = workdir / ("mistral-tiny-random" if tiny else "mistral-7b-random")
-    if not (model_dir / "complete").exists():
-        print(f"building the random-init {'tiny' if tiny else 'Mistral-7B'} model (once; kept in --workdir) ...",
-              flush=True)
-        model_dir.mkdir(parents=True, exist_ok=True)
-        result = spawn(["--worker", "build", "--model-dir", str(model_dir)] + (["--tiny"] if tiny else []), tiny, timeout)
-        if "error" in result:
-            sys.exit(f"could not build the model: {result['error']}")
-        (model_dir / "complete").write_text("ok")
-    return model_dir
+def ensure_model(workdir: Path, tiny: bool, timeout: int, weights: str = "memory") -> tuple[Path, float | None]:
+    """The model folder (built once, kept in workdir) and the seconds its building took now (None: reused)."""
+    name = "mistral-tiny-random" if tiny else "mistral-7b-random"
+    model_dir = workdir / (name if weights == "disk" else name + "-config")
+    if (model_dir / "complete").exists():
+        return model_dir, None
+    what = "random-init " + ("tiny" if tiny else "Mistral-7B") + (" model" if weights == "disk" else " config")
+    print(f"building the {what} (once; kept in --workdir) ...", flush=True)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    result = spawn(["--worker", "build", "--model-dir", str(model_dir), "--weights", weights]
+                   + (["--tiny"] if tiny else []), tiny, timeout)
+    if "error" in result:
+        sys.exit(f"could not build the model: {result['error']}")
+    (model_dir / "complete").write_text("ok")
+    return model_dir, result["wall_s"]
 
 
 def with_ratios(variants: dict) -> dict:
@@ -415,6 +520,16 @@ def with_ratios(variants: dict) -> dict:
             ok = result.get(key) is not None and trl.get(key)
             result[ratio] = result[key] / trl[key] if ok else None
     return variants
+
+
+def behind_targets(sppo_lite: dict, speed: float, memory: float) -> list[str]:
+    """The targets sppo-lite misses against TRL in the same run (none when either did not run; speed only on CPU)."""
+    if sppo_lite.get("speed_vs_trl") is None:
+        return []
+    missed = ["speed"] if sppo_lite["speed_vs_trl"] < speed else []
+    if sppo_lite.get("memory_vs_trl") is not None and sppo_lite["memory_vs_trl"] > memory:
+        missed.append("memory")
+    return missed
 
 
 def print_table(shape: str, variants: dict) -> None:
@@ -443,6 +558,15 @@ def main() -> None:
     ap.add_argument("--lora-dropout", type=float, default=0.05)
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "sppo-lite-bench"),
                     help="where the random-init model is saved once and reused (Mistral-7B: ~15 GB)")
+    ap.add_argument("--weights", choices=("memory", "disk"), default="memory",
+                    help="memory (default): every worker builds random weights on the device and quantises them "
+                         "while loading, no checkpoint; disk: save a random-init checkpoint once and load it")
+    ap.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"), help="where the JSON goes")
+    ap.add_argument("--profile-if-behind", action="store_true",
+                    help="after the run, profile one sppo-lite step at the first shape when sppo-lite misses "
+                         "--target-speed or --target-memory, and put the profile in the JSON")
+    ap.add_argument("--target-speed", type=float, default=1.1, help="sppo-lite tokens/s over TRL's (reported only)")
+    ap.add_argument("--target-memory", type=float, default=0.9, help="sppo-lite peak memory over TRL's (reported only)")
     ap.add_argument("--update", action="store_true", help="keep results already in the JSON for (variant, shape) "
                                                           "pairs not run now")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per worker process")
@@ -454,7 +578,7 @@ def main() -> None:
         ap.error("--warmup and --steps must be at least 1")
 
     if args.worker == "build":
-        build_model_dir(Path(args.model_dir), tiny=args.tiny)
+        build_model_dir(Path(args.model_dir), tiny=args.tiny, weights=args.weights)
         print("RESULT " + json.dumps({"built": args.model_dir}))
         return
     if args.worker:
@@ -467,7 +591,7 @@ def main() -> None:
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         ap.error(f"unknown variant(s) {', '.join(sorted(unknown))}; choose from {', '.join(VARIANTS)}")
-    model_dir = ensure_model(Path(args.workdir), args.tiny, args.timeout)
+    model_dir, build_s = ensure_model(Path(args.workdir), args.tiny, args.timeout, args.weights)
     common = ["--model-dir", str(model_dir), "--warmup", str(args.warmup), "--steps", str(args.steps),
               "--lora-dropout", str(args.lora_dropout)] + (["--tiny"] if args.tiny else [])
 
@@ -485,7 +609,7 @@ def main() -> None:
             results[shape][variant] = spawn(["--worker", variant, "--shape", shape, *common], args.tiny, args.timeout)
 
     hw = next((r["hardware"] for s in results.values() for r in s.values() if "hardware" in r), "unknown")
-    out = ROOT / "benchmarks" / "results" / f"qlora_step-{hw}{'-tiny' if args.tiny else ''}.json"
+    out = Path(args.results_dir) / f"qlora_step-{hw}{'-tiny' if args.tiny else ''}.json"
     previous = json.loads(out.read_text()).get("shapes", {}) if args.update and out.exists() else {}
     merged = {s: dict(previous.get(s, {})) for s in previous}
     for shape, by_variant in results.items():
@@ -501,16 +625,28 @@ def main() -> None:
                                                "target_modules": "all-linear"},
                      "gradient_checkpointing": "non-reentrant", "loss": "sppo_hard", "optimizer": "AdamW"},
         "versions": versions(),
+        "setup": {"weights": args.weights, "build_s": build_s,
+                  "note": "wall_s of each variant is its whole worker process: start, imports, building / loading "
+                          "and quantising the model (load_s), reference log-probs, warm-up and timed steps"},
         **merged[first],
         "shapes": merged,
     }
+    behind = behind_targets(merged[first].get("sppo_lite", {}), args.target_speed, args.target_memory)
+    report["targets"] = {"speed_vs_trl": args.target_speed, "memory_vs_trl": args.target_memory,
+                         "shape": first, "missed": behind}
+    if args.profile_if_behind and behind:
+        print(f"\nsppo-lite misses {', '.join(behind)} at {first}: profiling one step ...", flush=True)
+        profiled = spawn(["--worker", "sppo_lite", "--shape", first, "--profile", *common], args.tiny,
+                         args.timeout, capture=True)
+        report["profile"] = {"shape": first, "reason": behind, "output": profiled.pop("stdout", "")[-30000:],
+                             "error": profiled.get("error")}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(f"\n{hw} ({report['model']}), median of {args.steps} steps after {args.warmup} warm-up; "
           f"ratios vs TRL precompute_ref_log_probs=True, same run")
     for shape, by_variant in merged.items():
         print_table(shape, by_variant)
-    print(f"\nwritten {out.relative_to(ROOT)}")
+    print(f"\nwritten {out}")
 
 
 if __name__ == "__main__":
