@@ -12,13 +12,14 @@
 #   plus pipeline.log, qlora.log, judge.log (each part's full output) and summary.txt (machine, versions,
 #   wheel install, each part's status, the headline numbers).
 #
-# Caps (seconds; override with CAP_INSTALL, CAP_PIPELINE, CAP_QLORA, CAP_JUDGE): install 40, pipeline 120,
-# qlora 200, judge 170: 530 s at most, about 9 minutes. Targets are reported, never asserted: sppo-lite's
+# Caps (seconds; override with CAP_INSTALL, CAP_PIPELINE, CAP_QLORA, CAP_JUDGE): install 30, pipeline 100,
+# qlora 200, judge 120: 450 s at most, so that the 15 minutes of device time (the start included) leave room
+# to rerun one part: ONLY="judge" bash benchmarks/gpu_check.sh runs just the parts named. Targets are reported, never asserted: sppo-lite's
 # QLoRA step ≥ 1.1× TRL's tokens/s at ≤ 0.9× its peak memory; judging ≥ 5× the official prompts/s with the
 # same decisions. A part that misses its target puts a torch.profiler table in its JSON.
 #
 # On a lent H200 (device tool), from the repository root, after `bash benchmarks/fetch_gpu_wheels.sh` here:
-#   run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=580)
+#   run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=480)
 # The image has torch, transformers, peft and accelerate but no bitsandbytes, trl, llm-blender or datasets:
 # the wheels in .whl/ (about 44 MiB) are installed first with pip --no-index --no-deps --target, each only
 # when its package is not installed already.
@@ -54,10 +55,11 @@ WORK=${TMPDIR:-/tmp}/sppo-gpu-check-$$
 mkdir -p "$WORK" || exit 2
 [ "${KEEP_WORK:-0}" = 1 ] || trap 'rm -rf "$WORK"' EXIT
 
-CAP_INSTALL=${CAP_INSTALL:-40}
-CAP_PIPELINE=${CAP_PIPELINE:-120}
+CAP_INSTALL=${CAP_INSTALL:-30}
+CAP_PIPELINE=${CAP_PIPELINE:-100}
 CAP_QLORA=${CAP_QLORA:-200}
-CAP_JUDGE=${CAP_JUDGE:-170}
+CAP_JUDGE=${CAP_JUDGE:-120}
+ONLY=${ONLY:-pipeline qlora judge}
 
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 MPLBACKEND=Agg PYTHONUNBUFFERED=1
@@ -161,6 +163,7 @@ PARTS=()
 part() {  # name cap command...: run under `timeout`, log to $OUT/<name>.log, record the status
   local name=$1 cap=$2
   shift 2
+  case " $ONLY " in *" $name "*) ;; *) say "-- part $name: skipped (not in ONLY)"; return ;; esac
   PARTS+=("$name")
   say ""
   say "-- part $name (cap ${cap} s): $*"

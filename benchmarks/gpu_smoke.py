@@ -40,9 +40,10 @@ def handoff_stage(run, t: int = 1) -> None:
 
     from sppo_lite import loop
     from sppo_lite.generation import generate_responses
+    from sppo_lite.loop.stages import _load_inference_policy
 
     policy = run.policy_path(t + 1)  # raises when iteration t's train stage has not finished
-    model, tokenizer = loop._load_inference_policy(policy, run.config)
+    model, tokenizer = _load_inference_policy(policy, run.config)
     prompts = loop.iteration_prompts(run.config, t + 1)[1][:2]
     ds, stats = generate_responses(model, tokenizer, prompts, k=2, max_new_tokens=8, seed=run.config["seed"],
                                    progress=False)
