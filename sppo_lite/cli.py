@@ -5,6 +5,11 @@
     sppo-lite generate|judge|build|train --config F --output-dir D --iteration t
     sppo-lite notebooks [--full]                     execute the notebooks
     sppo-lite reproduce --output-dir D [--smoke] [--gpus N]   notebooks 04 → 05 with the 8-GPU recipe
+    sppo-lite --version
+
+Exit codes: 0 done; 2 a problem with the input, said in one line (a bad config value or file, the
+output folder in use by another run or not writable, a full disk, a non-finite loss); 130 interrupted
+(rerun the same command to resume); 1 anything else, with its traceback.
 """
 from __future__ import annotations
 
@@ -42,10 +47,8 @@ def cmd_toy(args) -> int:
 
     print(f"Weighted rock-paper-scissors (margins a={args.a}, b={args.b}, c={args.c}); "
           f"Nash by LP = {np.round(nash, 3)}, start = {start}, η = {args.eta}")
-    names = list(curves)
-    print(f"{'step':>6} " + " ".join(f"{n[:22]:>22}" for n in names))
-    for t in sorted({0, 1, 10, 100, args.steps // 2, args.steps} & set(range(args.steps + 1))):
-        print(f"{t:>6} " + " ".join(f"{curves[n][t]:>22.4f}" for n in names))
+    print("Exploitability (0 exactly at the Nash equilibrium) by step:")
+    print(_table(curves, sorted({0, 1, 10, 100, args.steps // 2, args.steps} & set(range(args.steps + 1)))))
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     plots.plot_simplex(axes[0], {"SPPO last": sppo, "SPPO average": avg, "iterative DPO": dpo},
@@ -63,6 +66,23 @@ def cmd_toy(args) -> int:
           f"the last iterate {curves['SPPO last iterate'][-1]:.4f}; iterative DPO "
           f"{curves['iterative DPO (best vs worst of 5)'][-1]:.4f}.\nFigure: {path}")
     return 0
+
+
+# Column headers of the toy table: two short lines each, so the table fits 80 columns.
+_TOY_HEADERS = {"SPPO last iterate": ("SPPO", "last"), "SPPO average iterate": ("SPPO", "average"),
+                "iterative DPO (best vs worst of 5)": ("iter. DPO", "best/worst"),
+                "Bradley–Terry argmax": ("BT", "argmax")}
+
+
+def _table(curves: dict, steps) -> str:
+    """Exploitability per step, one column per method, headers on two lines (no name cut)."""
+    names = list(curves)
+    width = max(12, *(len(part) + 2 for n in names for part in _TOY_HEADERS.get(n, (n,))))
+    heads = [_TOY_HEADERS.get(n, (n, "")) for n in names]
+    lines = [f"{'':>6}" + "".join(f"{h[0]:>{width}}" for h in heads),
+             f"{'step':>6}" + "".join(f"{h[1]:>{width}}" for h in heads)]
+    lines += [f"{t:>6}" + "".join(f"{curves[n][t]:>{width}.4f}" for n in names) for t in steps]
+    return "\n".join(lines)
 
 
 def cmd_notebooks(args) -> int:
@@ -130,11 +150,31 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sppo-lite", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _version() -> str:
+    from importlib import metadata
 
-    toy = sub.add_parser("toy", help="SPPO vs DPO on an intransitive toy game (seconds, CPU)")
+    try:
+        return metadata.version("sppo-lite")
+    except metadata.PackageNotFoundError:
+        from sppo_lite import __version__
+
+        return __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    def fmt(prog):
+        return argparse.RawDescriptionHelpFormatter(prog, max_help_position=30)
+
+    parser = argparse.ArgumentParser(prog="sppo-lite", description=__doc__, formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=f"sppo-lite {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, help_text, description=None):
+        return sub.add_parser(name, help=help_text, description=description or help_text, formatter_class=fmt)
+
+    toy = add("toy", "SPPO vs DPO on an intransitive toy game (seconds, CPU)",
+              "SPPO on weighted rock-paper-scissors: last vs average iterate vs iterative DPO and the\n"
+              "Bradley–Terry argmax; prints exploitability per step and saves one figure.")
     toy.add_argument("--config", help="YAML file of defaults (configs/toy.yaml); flags override it")
     toy.add_argument("--output-dir", default="outputs/toy")
     toy.add_argument("--eta", type=float, default=1.0, help="SPPO step size η = 1/β")
@@ -146,12 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--seed", type=int, default=0)
     toy.set_defaults(func=cmd_toy)
 
-    nb = sub.add_parser("notebooks", help="execute the notebooks (SMOKE, or --full in place)")
+    nb = add("notebooks", "execute the notebooks (SMOKE, or --full in place)",
+             "Execute every notebook through papermill: SMOKE into --output-dir, or --full in place\n"
+             "(refreshes the committed outputs; 04 and 05 need a GPU for their full setting).")
     nb.add_argument("--full", action="store_true", help="full setting, outputs written into the .ipynb")
     nb.add_argument("--output-dir", default="outputs/notebooks")
     nb.add_argument("--only", nargs="*", default=[], help="substrings of notebook names to run")
     nb.set_defaults(func=cmd_notebooks)
-    rep = sub.add_parser("reproduce", help="the full reproduction: notebooks 04 → 05 (resumable)")
+    rep = add("reproduce", "the full reproduction: notebooks 04 → 05 (resumable)",
+              "The full reproduction: notebook 04 (training, the 8-GPU recipe) then 05 (evaluation), through\n"
+              "papermill, everything under --output-dir. Rerun the same command to resume.")
     rep.add_argument("--output-dir", required=True, help="executed notebooks, figures and iterations land here")
     rep.add_argument("--smoke", action="store_true", help="the SMOKE setting: tiny models on CPU, about a minute")
     rep.add_argument("--gpus", type=int, help="GPUs for training (default: all visible); > 1 uses accelerate launch")
@@ -161,7 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     stage_help = {"generate": "K samples per prompt from π_t", "judge": "K×K win matrices from the judge",
                   "build": "pairs, win rates and reference log-probs", "train": "SPPO training: π_t → π_{t+1}"}
     for name, text in [("iterate", "all stages of iterations 1..T (resumable)"), *stage_help.items()]:
-        sp = sub.add_parser(name, help=text)
+        sp = add(name, text, f"{text[0].upper()}{text[1:]}.\n\n" + (
+            "Finished stages are skipped; a killed run resumes where it stopped; a stage whose config\n"
+            "changed is refused until --force. Example:\n"
+            "  sppo-lite iterate --config configs/cpu-tiny.yaml --output-dir runs/cpu-tiny"
+            if name == "iterate" else
+            f"One stage of one iteration (after the stages before it). Example:\n"
+            f"  sppo-lite {name} --config configs/cpu-tiny.yaml --output-dir runs/cpu-tiny --iteration 1"))
         sp.add_argument("--config", required=True, help="YAML recipe, e.g. configs/cpu-tiny.yaml")
         sp.add_argument("--output-dir", required=True, help="one folder per iteration and stage lands here")
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -203,6 +253,10 @@ def main(argv=None) -> int:
             load_config(args.config, parser, args.command)
             args = parser.parse_args(argv)
         return args.func(args)
+    except KeyboardInterrupt:
+        print(f"sppo-lite {args.command}: interrupted; finished work is kept: rerun the same command to resume",
+              file=sys.stderr)
+        return 130
     except (ValueError, FloatingPointError, ImportError) as err:  # user-fixable input: one line, no traceback
         print(f"sppo-lite {args.command}: error: {err}", file=sys.stderr)
         return 2

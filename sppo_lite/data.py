@@ -34,7 +34,7 @@ from sppo_lite.game import validate_preference
 __all__ = [
     "PROMPT_COLUMNS", "CHAT_COLUMNS",
     "load_prompts", "iteration_split", "probs_from_scores", "win_rates", "select_pairs",
-    "build_sppo_dataset", "check_training_values", "encode_chat", "pad_chat_batch", "sequence_logps",
+    "build_sppo_dataset", "check_training_values", "to_full_chats", "encode_chat", "pad_chat_batch", "sequence_logps",
     "add_reference_logps",
 ]
 
@@ -286,6 +286,38 @@ def build_sppo_dataset(prompts, responses, matrices, pair_mode: str = "best_wors
                        len(prompts))
     return datasets.Dataset.from_dict({name: [r[name] for r in rows] for name in features},
                                       features=features)
+
+
+def _messages(value, role: str) -> list[dict]:
+    """A message list from a message list or a plain string (TRL's standard format)."""
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def to_full_chats(dataset: datasets.Dataset) -> datasets.Dataset:
+    """Rows in TRL's preference formats → the full chats sppo-lite trains on.
+
+    TRL's explicit-prompt rows hold `prompt` (a string or messages) and assistant-only `chosen` /
+    `rejected` (strings or messages); sppo-lite's rows (build_sppo_dataset) hold whole chats, user turn
+    first. Rows already in sppo-lite's form are returned unchanged; otherwise each chat column becomes
+    prompt messages + its answer, and `prompt` stays.
+    """
+    chats = [c for c in CHAT_COLUMNS if c in dataset.column_names]
+    if not chats or len(dataset) == 0:
+        return dataset
+    first = dataset[0][chats[0]]
+    if not isinstance(first, str) and any(m["role"] != "assistant" for m in first):
+        return dataset  # whole chats already
+    if "prompt" not in dataset.column_names:
+        raise ValueError(f"column {chats[0]} holds only the answer but there is no prompt column: add `prompt` "
+                         f"(TRL's explicit-prompt format) or store whole chats, user turn first")
+
+    def whole(row):
+        prompt = _messages(row["prompt"], "user")
+        return {c: prompt + _messages(row[c], "assistant") for c in chats}
+
+    return dataset.map(whole, desc="prompt + answer → chats")
 
 
 # Columns a training row may hold, and the values each must lie in.

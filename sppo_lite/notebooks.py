@@ -9,6 +9,36 @@ from pathlib import Path
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
 
+def repository_url() -> str:
+    """The project's repository, from [project.urls] Repository in pyproject.toml (its one source)."""
+    import tomllib
+
+    pyproject = NOTEBOOK_DIR.parent / "pyproject.toml"
+    return tomllib.loads(pyproject.read_text())["project"]["urls"]["Repository"].rstrip("/")
+
+
+def colab_link(notebook: str, url: str | None = None) -> str:
+    """The Colab address that opens `notebook` (a file name in notebooks/) from the repository's main branch."""
+    url = url or repository_url()
+    owner_repo = url.split("github.com/", 1)[1]
+    return f"https://colab.research.google.com/github/{owner_repo}/blob/main/notebooks/{notebook}"
+
+
+def fill_repository_links(path) -> bool:
+    """Point a notebook's Colab badge and REPO_URL at repository_url(); True when the file changed."""
+    import re
+
+    path = Path(path)
+    text = path.read_text()
+    url = repository_url()
+    new = re.sub(r"https://colab\.research\.google\.com/github/[^)\s\\\"]+/blob/main/notebooks/[\w.]+\.ipynb",
+                 colab_link(path.name, url), text)
+    new = re.sub(r'REPO_URL = \\"https://github\.com/[^\\"]+\\"', f'REPO_URL = \\"{url}\\"', new)
+    if new != text:
+        path.write_text(new)
+    return new != text
+
+
 def notebook_paths() -> list[Path]:
     """The numbered notebooks (01_…, 02_…) in reading order."""
     return sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))

@@ -32,7 +32,8 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
-from sppo_lite.data import check_training_values, encode_chat, pad_chat_batch, sequence_logps
+from sppo_lite.data import (CHAT_COLUMNS, check_training_values, encode_chat, pad_chat_batch, sequence_logps,
+                            to_full_chats)
 from sppo_lite.modeling import keep_4bit_trainable
 from sppo_lite.losses import (LOSSES, dpo_loss, ipo_loss, sppo_hard_loss, sppo_loss, sppo_pair_loss,
                               sppo_single_loss)
@@ -59,6 +60,11 @@ class SPPOConfig(TrainingArguments):
     max_length: int = field(default=1024, metadata={"help": "prompt + response tokens per sequence"})
     max_prompt_length: int = field(default=512, metadata={"help": "prompt tokens kept (the last ones)"})
     reference: str = field(default="precomputed", metadata={"help": f"one of {', '.join(REFERENCES)}"})
+    precompute_ref_log_probs: bool = field(default=False, metadata={
+        "help": "compute missing ref_*_logps columns once before training, as TRL's option of the same name "
+                "(reference='precomputed' then reads them)"})
+    model_init_kwargs: dict | None = field(default=None, metadata={
+        "help": "keyword arguments of AutoModelForCausalLM.from_pretrained when the model is given by id or folder"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "must stay False: the "
                                         "collator reads the chat and probability columns"})
 
@@ -75,6 +81,9 @@ class SPPOConfig(TrainingArguments):
         if self.remove_unused_columns:
             raise ValueError("remove_unused_columns must be False: the collator reads the chat and "
                              "probability columns that the model's forward does not take")
+        if self.precompute_ref_log_probs and self.reference != "precomputed":
+            raise ValueError("precompute_ref_log_probs=True computes the ref_*_logps columns once: use it with "
+                             "reference='precomputed' (the default), not 'on_the_fly'")
         super().__post_init__()
 
 
@@ -96,13 +105,20 @@ def required_columns(columns, loss_type: str, reference: str) -> list[str]:
     return needed
 
 
-def _check_columns(dataset, name: str, loss_type: str, reference: str) -> None:
+def _missing_ref(dataset) -> list[str]:
+    return [f"ref_{c}_logps" for c in CHAT_COLUMNS if c in dataset.column_names
+            and f"ref_{c}_logps" not in dataset.column_names]
+
+
+def _check_columns(dataset, name: str, loss_type: str, reference: str, precompute: bool = False) -> None:
     columns = getattr(dataset, "column_names", None)
     if columns is None:  # an iterable dataset without features: the collator meets the rows
         return
-    missing = [c for c in required_columns(columns, loss_type, reference) if c not in columns]
+    missing = [c for c in required_columns(columns, loss_type, reference) if c not in columns
+               and not (precompute and c.startswith("ref_"))]
     if missing:
-        fix = ("run sppo_lite.data.add_reference_logps on it or pass reference='on_the_fly'"
+        fix = ("run sppo_lite.data.add_reference_logps on it, or set precompute_ref_log_probs=True, or pass "
+               "reference='on_the_fly'"
                if any(c.startswith("ref_") for c in missing) else "build it with sppo_lite.data.build_sppo_dataset")
         raise ValueError(f"{name} lacks column(s) {', '.join(missing)} needed by loss_type={loss_type!r} "
                          f"with reference={reference!r} (found {', '.join(columns)}): {fix}")
@@ -172,34 +188,65 @@ def last_complete_checkpoint(folder) -> str | None:
 class SPPOTrainer(Trainer):
     """transformers.Trainer whose loss is sppo / sppo_single / sppo_hard / dpo / ipo on Δ = log π_θ − log π_t.
 
-    args: an SPPOConfig; processing_class: the tokenizer (its chat template encodes the chats);
-    ref_model: π_t for reference="on_the_fly" with a fully fine-tuned policy. Logs, averaged over
-    the logging steps: loss_scaled = β²·loss, logratio/* (achieved Δ), target/* (what the loss
-    drives Δ to), win_prob/*, logps/*, rewards/accuracy = mean[Δ_c > Δ_r].
+    Called as TRL's trainers are: SPPOTrainer(model, ref_model=None, args=None, data_collator=None,
+    train_dataset=None, eval_dataset=None, processing_class=None, ..., peft_config=None) — `model` may be
+    a model, or a Hub id or folder (loaded with args.model_init_kwargs, its tokenizer too); `peft_config`
+    wraps it in a fresh adapter (QLoRA when the model is loaded in 4 bit). `SPPOTrainer(model, args)` with
+    an SPPOConfig second also works. Rows in sppo-lite's form (whole chats) or TRL's explicit-prompt form
+    (`prompt` + assistant-only `chosen` / `rejected`) are accepted.
+
+    The reference log-probs: the dataset's ref_*_logps columns (reference="precomputed", as the pipeline's
+    build stage writes them), computed once by the trainer before training when args.precompute_ref_log_probs
+    is on (from ref_model, the adapter-disabled PEFT model, or the model itself before its first step), or
+    recomputed every step (reference="on_the_fly").
+
+    Logs, averaged over the logging steps, TRL's names where the quantity is TRL's:
+    rewards/chosen, rewards/rejected = β·Δ; rewards/margins = β·(Δ_c − Δ_r); rewards/accuracies =
+    mean[Δ_c > Δ_r]; logps/chosen, logps/rejected = log π_θ. SPPO's own: logratio/* = Δ in nats (achieved),
+    target/* = what the loss drives Δ to ((P̂ − ½)/β for sppo), win_prob/* = P̂, loss_scaled = β²·loss
+    (comparable across β).
     """
 
     loss_is_scaled_for_ga = False  # compute_loss returns a batch mean: Trainer divides by the accumulation steps
 
-    def __init__(self, model, args: SPPOConfig | None = None, train_dataset=None, eval_dataset=None,
-                 processing_class=None, ref_model=None, data_collator=None, **kwargs):
+    def __init__(self, model, ref_model=None, args: SPPOConfig | None = None, data_collator=None, train_dataset=None,
+                 eval_dataset=None, processing_class=None, peft_config=None, **kwargs):
+        if isinstance(ref_model, TrainingArguments) and args is None:  # SPPOTrainer(model, args, ...)
+            ref_model, args = None, ref_model
         args = SPPOConfig() if args is None else args
         if not isinstance(args, SPPOConfig):
             raise ValueError(f"args must be an SPPOConfig (TrainingArguments plus loss_type, beta, "
                              f"reference, ...), got {type(args).__name__}")
+        if isinstance(model, (str, Path)):
+            model, processing_class = _load_model(str(model), args, processing_class)
         if processing_class is None:
             raise ValueError("SPPOTrainer needs processing_class=<tokenizer>: its chat template turns "
                              "the chats into tokens")
+        if peft_config is not None:
+            model = _wrap_peft(model, peft_config, args)
         evals = eval_dataset.items() if isinstance(eval_dataset, dict) else [("eval_dataset", eval_dataset)]
+        checked = {}
         for name, dataset in [("train_dataset", train_dataset), *evals]:
             if dataset is not None:
-                _check_columns(dataset, name, args.loss_type, args.reference)
+                dataset = to_full_chats(dataset) if hasattr(dataset, "column_names") else dataset
+                _check_columns(dataset, name, args.loss_type, args.reference, args.precompute_ref_log_probs)
                 check_training_values(dataset, name)
-        _check_reference(model, ref_model, args.reference)
+            checked[name] = dataset
+        train_dataset = checked["train_dataset"]
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {name: checked[name] for name in eval_dataset}
+        elif eval_dataset is not None:
+            eval_dataset = checked["eval_dataset"]
+        _check_reference(model, ref_model, args.reference, args.precompute_ref_log_probs)
         keep_4bit_trainable(model)
         collator = data_collator or SPPOCollator(processing_class, args.max_length, args.max_prompt_length)
         super().__init__(model=model, args=args, data_collator=collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
-        if ref_model is not None:
+        if args.precompute_ref_log_probs and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            raise ValueError("precompute_ref_log_probs runs π_t on this process before training, which DeepSpeed / "
+                             "FSDP shard: add the ref_*_logps columns first (sppo_lite.data.add_reference_logps, "
+                             "as the pipeline's build stage does)")
+        if ref_model is not None and args.reference == "on_the_fly":
             if self.is_deepspeed_enabled or self.is_fsdp_enabled:
                 raise ValueError("a separate ref_model is not sharded under DeepSpeed / FSDP: use "
                                  "reference='precomputed' (sppo_lite.data.add_reference_logps) instead")
@@ -209,9 +256,37 @@ class SPPOTrainer(Trainer):
         self.loss_tally = LossTally()
         self.add_callback(self.loss_tally)
 
+    def _precompute_reference(self) -> None:
+        """Add the missing ref_*_logps columns to the train and eval datasets, once, from π_t.
+
+        π_t is ref_model when given, else the PEFT model with its adapter disabled, else the model before
+        its first step (the policy that sampled the data).
+        """
+        from sppo_lite.data import add_reference_logps
+
+        def add(dataset):
+            if dataset is None or not hasattr(dataset, "column_names") or not _missing_ref(dataset):
+                return dataset
+            ref = self.ref_model if self.ref_model is not None else self.model
+            adapter_off = (self.accelerator.unwrap_model(ref).disable_adapter()
+                           if self.ref_model is None and isinstance(self.accelerator.unwrap_model(ref), PeftModel)
+                           else contextlib.nullcontext())
+            with adapter_off:
+                return add_reference_logps(dataset, ref, self.processing_class,
+                                           batch_size=self.args.per_device_eval_batch_size,
+                                           max_length=self.args.max_length, max_prompt_length=self.args.max_prompt_length)
+
+        self.train_dataset = add(self.train_dataset)
+        if isinstance(self.eval_dataset, dict):
+            self.eval_dataset = {k: add(v) for k, v in self.eval_dataset.items()}
+        else:
+            self.eval_dataset = add(self.eval_dataset)
+
     def train(self, resume_from_checkpoint=None, **kwargs):
         """Trainer.train; resume_from_checkpoint=True takes the newest *complete* checkpoint, and train_loss
         (metrics and TrainOutput) is the mean over the whole run, resumed or not."""
+        if self.args.precompute_ref_log_probs:  # before any checkpoint is loaded: the weights are still π_t's
+            self._precompute_reference()
         if resume_from_checkpoint is True:
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
         if resume_from_checkpoint:
@@ -274,10 +349,11 @@ class SPPOTrainer(Trainer):
         else:
             losses = {"sppo_hard": sppo_hard_loss, "dpo": dpo_loss, "ipo": ipo_loss}[loss_type](pc, pr, rc, rr, beta)
         dc, dr = pc - rc, pr - rr
-        stats = {"logratio/chosen": dc, "logratio/rejected": dr, "logratio/margin": dc - dr,
+        stats = {"rewards/chosen": beta * dc, "rewards/rejected": beta * dr, "rewards/margins": beta * (dc - dr),
+                 "rewards/accuracies": (dc > dr).float(), "logps/chosen": pc, "logps/rejected": pr,
+                 "logratio/chosen": dc, "logratio/rejected": dr, "logratio/margin": dc - dr,
                  **_targets(loss_type, inputs, beta, dc),
-                 **{stat: inputs[c] for c, stat in _WIN_PROB_STATS.items() if c in inputs},
-                 "logps/chosen": pc, "logps/rejected": pr, "rewards/accuracy": (dc > dr).float()}
+                 **{stat: inputs[c] for c, stat in _WIN_PROB_STATS.items() if c in inputs}}
         return losses, stats
 
     def _record(self, stats: dict) -> dict:
@@ -321,11 +397,12 @@ def _targets(loss_type: str, inputs, beta: float, like: torch.Tensor) -> dict:
     return {}
 
 
-def _check_reference(model, ref_model, reference: str) -> None:
+def _check_reference(model, ref_model, reference: str, precompute: bool = False) -> None:
     """One-line errors for a reference that cannot be π_t."""
     if reference == "precomputed":
-        if ref_model is not None:
-            raise ValueError("ref_model is only used with reference='on_the_fly': pass that, or drop "
+        if ref_model is not None and not precompute:
+            raise ValueError("ref_model is only used with reference='on_the_fly' or precompute_ref_log_probs=True: "
+                             "pass one of those, or drop "
                              "ref_model and keep the precomputed ref_*_logps columns")
         return
     if ref_model is not None:
@@ -339,10 +416,39 @@ def _check_reference(model, ref_model, reference: str) -> None:
                          "fresh adapter, or use reference='precomputed'")
 
 
+def _load_model(name: str, args: SPPOConfig, processing_class):
+    """A model id or folder → (model, tokenizer), as TRL's trainers load a model given by name."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sppo_lite.modeling import require_chat_template
+
+    model = AutoModelForCausalLM.from_pretrained(name, **(args.model_init_kwargs or {}))
+    if processing_class is None:
+        processing_class = AutoTokenizer.from_pretrained(name)
+        require_chat_template(processing_class, name)
+        if processing_class.pad_token is None:
+            processing_class.pad_token = processing_class.eos_token
+    return model, processing_class
+
+
+def _wrap_peft(model, peft_config, args: SPPOConfig):
+    """A fresh adapter on `model` (QLoRA when it is loaded in 4 bit), as TRL's peft_config= does."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if isinstance(model, PeftModel):
+        raise ValueError("peft_config was given but the model already has an adapter: pass the base model, "
+                         "or drop peft_config")
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        keep_4bit_trainable(model)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    return get_peft_model(model, peft_config)
+
+
 def train_sppo(model, tokenizer, dataset, output_dir, ref_model=None, eval_dataset=None, **config) -> dict:
     """Train with SPPOTrainer(SPPOConfig(output_dir, **config)), save model (PEFT: the adapter only),
     tokenizer and trainer_state.json (log history) to output_dir; return the train metrics."""
-    trainer = SPPOTrainer(model, SPPOConfig(output_dir=str(output_dir), **config), train_dataset=dataset,
+    trainer = SPPOTrainer(model, args=SPPOConfig(output_dir=str(output_dir), **config), train_dataset=dataset,
                           eval_dataset=eval_dataset, processing_class=tokenizer, ref_model=ref_model)
     metrics = trainer.train().metrics
     trainer.save_model()
@@ -390,7 +496,7 @@ def train_and_merge(policy_path, dataset_path, output_dir, checkpoint_dir, mode:
     model, tokenizer = load_policy(policy_path, mode=mode, dtype=dtype, lora_r=lora_r, lora_alpha=lora_alpha,
                                    lora_dropout=lora_dropout, gradient_checkpointing=gradient_checkpointing)
     model.train()
-    trainer = SPPOTrainer(model, args, train_dataset=dataset, processing_class=tokenizer)
+    trainer = SPPOTrainer(model, args=args, train_dataset=dataset, processing_class=tokenizer)
     last = last_complete_checkpoint(checkpoint_dir)
     if trainer.is_world_process_zero() and Path(checkpoint_dir).is_dir():  # a kill mid-save leaves a partial one
         newest = int(Path(last).name.split("-")[-1]) if last else -1

@@ -57,3 +57,61 @@ def test_unknown_config_key(tmp_path, capsys):
 def test_console_script_entry_point():
     out = subprocess.run([sys.executable, "-m", "sppo_lite.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "toy" in out.stdout and "notebooks" in out.stdout
+
+
+def test_toy_table_fits_80_columns_and_names_every_method(tmp_path, capsys):
+    assert cli.main(["toy", "--steps", "20", "--output-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(out) if line.startswith("Exploitability"))
+    table = out[start + 1:start + 1 + 2 + 4]  # two header lines, steps 0, 1, 10, 20
+    assert max(len(line) for line in table) <= 80
+    assert table[0].split() == ["SPPO", "SPPO", "iter.", "DPO", "BT"]
+    assert table[1].split() == ["step", "last", "average", "best/worst", "argmax"]
+    assert [row.split()[0] for row in table[2:]] == ["0", "1", "10", "20"]
+
+
+def test_version_and_help_at_every_level(capsys):
+    from sppo_lite import __version__
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"sppo-lite {__version__}"
+    parser = cli.build_parser()
+    top = parser.format_help()
+    assert "Exit codes: 0 done; 2 a problem with the input" in top
+    assert "\n    sppo-lite iterate --config F --output-dir D" in top  # the usage table keeps its lines
+    for name, sub in parser.subcommands.items():
+        text = sub.format_help()
+        assert text.startswith(f"usage: sppo-lite {name}") and "options:" in text
+    assert "\n  sppo-lite iterate --config configs/cpu-tiny.yaml" in parser.subcommands["iterate"].format_help()
+
+
+def test_interrupt_is_exit_130_with_how_to_resume(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_toy", interrupted)  # build_parser binds the command at call time
+    assert cli.main(["toy"]) == 130
+    assert "rerun the same command to resume" in capsys.readouterr().err
+
+
+def test_colab_links_follow_the_repository_in_pyproject(tmp_path):
+    import re
+    import shutil
+
+    from sppo_lite.notebooks import colab_link, fill_repository_links, notebook_paths, repository_url
+
+    url = repository_url()
+    assert url.startswith("https://github.com/") and "<" not in url
+    for path in notebook_paths():
+        text = path.read_text()
+        for link in re.findall(r"https://colab\.research\.google\.com/github/[^)\s\\\"]+", text):
+            assert link == colab_link(path.name), path.name
+        for repo in re.findall(r'REPO_URL = \\"([^\\"]+)\\"', text):
+            assert repo == url, path.name
+    nb4 = next(p for p in notebook_paths() if p.name.startswith("04_"))
+    assert colab_link(nb4.name) in nb4.read_text()
+    copy = tmp_path / nb4.name
+    shutil.copy(nb4, copy)
+    copy.write_text(copy.read_text().replace(url, "https://github.com/someone/old-name"))
+    assert fill_repository_links(copy) and copy.read_text() == nb4.read_text()

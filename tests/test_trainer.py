@@ -101,7 +101,7 @@ def test_loss_matches_hand_computation_and_one_step_runs(loss_type, tokenizer, p
     dc = pc - torch.tensor(col(pairs_ref, "ref_chosen_logps"), dtype=torch.float64)
     dr = pr - torch.tensor(col(pairs_ref, "ref_rejected_logps"), dtype=torch.float64)
 
-    trainer = SPPOTrainer(model, config(tmp_path, loss_type=loss_type, max_steps=1),
+    trainer = SPPOTrainer(model, args=config(tmp_path, loss_type=loss_type, max_steps=1),
                           train_dataset=pairs_ref, processing_class=tokenizer)
     batch = trainer.data_collator(rows_of(pairs_ref))
     assert batch["input_ids"].shape[0] == 2 * len(pairs_ref)  # chosen and rejected in one forward
@@ -117,7 +117,11 @@ def test_loss_matches_hand_computation_and_one_step_runs(loss_type, tokenizer, p
     assert logged["loss_scaled"] == pytest.approx(BETA ** 2 * loss, rel=1e-4)
     assert logged["logratio/chosen"] == pytest.approx(dc.mean().item(), rel=1e-4, abs=1e-3)
     assert logged["logratio/rejected"] == pytest.approx(dr.mean().item(), rel=1e-4, abs=1e-3)
-    assert logged["rewards/accuracy"] == pytest.approx((dc > dr).double().mean().item())
+    # TRL's names for TRL's quantities: rewards = β·Δ, accuracies = mean[Δ_c > Δ_r]
+    assert logged["rewards/accuracies"] == pytest.approx((dc > dr).double().mean().item())
+    assert logged["rewards/chosen"] == pytest.approx(BETA * dc.mean().item(), rel=1e-4, abs=1e-4)
+    assert logged["rewards/margins"] == pytest.approx(BETA * (dc - dr).mean().item(), rel=1e-4, abs=1e-4)
+    assert logged["logps/chosen"] == pytest.approx(pc.mean().item(), rel=1e-4)
     assert logged["win_prob/chosen"] == pytest.approx(sum(col(pairs_ref, "chosen_probs_win")) / 4, rel=1e-6)
     if loss_type == "sppo":
         target = (torch.tensor(col(pairs_ref, "chosen_probs_lose")) - 0.5) / BETA
@@ -130,7 +134,7 @@ def test_loss_matches_hand_computation_and_one_step_runs(loss_type, tokenizer, p
 
 def test_only_response_tokens_count_and_reach_the_lm_head(tokenizer, pairs_ref, tmp_path):
     model = build_tiny_model(tokenizer, seed=1).eval()
-    trainer = SPPOTrainer(model, config(tmp_path), train_dataset=pairs_ref, processing_class=tokenizer)
+    trainer = SPPOTrainer(model, args=config(tmp_path), train_dataset=pairs_ref, processing_class=tokenizer)
     chats = col(pairs_ref, "chosen") + col(pairs_ref, "rejected")
     batch = trainer.data_collator(rows_of(pairs_ref))
     encoded = [encode_chat(tokenizer, c) for c in chats]
@@ -153,7 +157,7 @@ def test_per_response_rows_train_the_per_response_loss(tokenizer, tmp_path):
     delta = (brute_force_logps(model, tokenizer, col(rows, "response"))
              - torch.tensor(col(rows, "ref_response_logps"), dtype=torch.float64))
     target = (torch.tensor(col(rows, "win_prob"), dtype=torch.float64) - 0.5) / BETA
-    trainer = SPPOTrainer(model, config(tmp_path, max_steps=1, per_device_train_batch_size=6),
+    trainer = SPPOTrainer(model, args=config(tmp_path, max_steps=1, per_device_train_batch_size=6),
                           train_dataset=rows, processing_class=tokenizer)
     with torch.no_grad():
         loss = trainer.compute_loss(model, trainer.data_collator(rows_of(rows))).item()
@@ -162,7 +166,7 @@ def test_per_response_rows_train_the_per_response_loss(tokenizer, tmp_path):
     logged = trainer.state.log_history[0]  # the K win rates of a prompt average ½: mean target 0
     assert (logged["win_prob/response"], logged["target/response"]) == pytest.approx((0.5, 0.0), abs=1e-5)
     with pytest.raises(ValueError, match="per-response rows .* only loss_type='sppo'"):
-        SPPOTrainer(model, config(tmp_path, loss_type="sppo_single"), train_dataset=rows, processing_class=tokenizer)
+        SPPOTrainer(model, args=config(tmp_path, loss_type="sppo_single"), train_dataset=rows, processing_class=tokenizer)
 
 
 # ---------------------------------------------------------------- reference and learning
@@ -173,7 +177,7 @@ def test_precomputed_equals_on_the_fly_reference(tokenizer, pairs, pairs_ref, po
     ref_columns = torch.tensor(col(precomputed, "ref_chosen_logps") + col(precomputed, "ref_rejected_logps"))
 
     lora, _ = load_policy(policy_dir, mode="lora")
-    trainer = SPPOTrainer(lora, config(tmp_path, reference="on_the_fly", max_steps=3), train_dataset=pairs,
+    trainer = SPPOTrainer(lora, args=config(tmp_path, reference="on_the_fly", max_steps=3), train_dataset=pairs,
                           eval_dataset=pairs, processing_class=tok)
     logps, ref_logps = policy_and_ref(trainer, pairs)
     torch.testing.assert_close(ref_logps, ref_columns, rtol=1e-5, atol=1e-4)
@@ -187,10 +191,10 @@ def test_precomputed_equals_on_the_fly_reference(tokenizer, pairs, pairs_ref, po
     torch.testing.assert_close(ref_logps, ref_columns, rtol=1e-5, atol=1e-4)  # still the base model
     assert not torch.allclose(logps, ref_logps, atol=1e-2)
     with pytest.raises(ValueError, match="adapter is already trained"):
-        SPPOTrainer(lora, config(tmp_path, reference="on_the_fly"), train_dataset=pairs, processing_class=tok)
+        SPPOTrainer(lora, args=config(tmp_path, reference="on_the_fly"), train_dataset=pairs, processing_class=tok)
 
     # Full fine-tuning: a separate reference model gives the same numbers.
-    full = SPPOTrainer(build_tiny_model(tokenizer, seed=1), config(tmp_path, reference="on_the_fly"),
+    full = SPPOTrainer(build_tiny_model(tokenizer, seed=1), args=config(tmp_path, reference="on_the_fly"),
                        train_dataset=pairs, processing_class=tokenizer, ref_model=build_tiny_model(tokenizer, seed=0))
     _, ref_logps = policy_and_ref(full, pairs)
     ref_columns = torch.tensor(col(pairs_ref, "ref_chosen_logps") + col(pairs_ref, "ref_rejected_logps"))
@@ -198,7 +202,7 @@ def test_precomputed_equals_on_the_fly_reference(tokenizer, pairs, pairs_ref, po
 
 
 def test_sppo_steps_move_log_ratios_toward_their_targets(tokenizer, pairs_ref, tmp_path):
-    trainer = SPPOTrainer(build_tiny_model(tokenizer, seed=0), config(tmp_path, max_steps=12, learning_rate=5e-3),
+    trainer = SPPOTrainer(build_tiny_model(tokenizer, seed=0), args=config(tmp_path, max_steps=12, learning_rate=5e-3),
                           train_dataset=pairs_ref, processing_class=tokenizer)
     target = torch.tensor(col(pairs_ref, "chosen_probs_win") + col(pairs_ref, "chosen_probs_lose")) / BETA - 0.5 / BETA
     logps, ref_logps = policy_and_ref(trainer, pairs_ref)
@@ -222,7 +226,7 @@ def test_qlora_steps_run_on_cpu(policy_dir, pairs, tmp_path):
     model, tok = load_policy(policy_dir, mode="qlora")
     assert getattr(model, "is_loaded_in_4bit", False)
     lora_b = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
-    trainer = SPPOTrainer(model, config(tmp_path, reference="on_the_fly", max_steps=2),
+    trainer = SPPOTrainer(model, args=config(tmp_path, reference="on_the_fly", max_steps=2),
                           train_dataset=pairs, eval_dataset=pairs, processing_class=tok)
     assert trainer.evaluate()["eval_logratio/chosen"] == pytest.approx(0.0, abs=1e-4)
     trainer.train()
@@ -237,7 +241,7 @@ def test_qlora_reference_logps_then_training_is_safe(policy_dir, pairs, tmp_path
     model, tok = load_policy(policy_dir, mode="qlora")
     pairs_ref = add_reference_logps(pairs, model, tok)  # an eval-mode no-grad forward
     assert not repacked_for_cpu_inference(model)
-    SPPOTrainer(model.train(), config(tmp_path, max_steps=1), train_dataset=pairs_ref, processing_class=tok).train()
+    SPPOTrainer(model.train(), args=config(tmp_path, max_steps=1), train_dataset=pairs_ref, processing_class=tok).train()
 
 
 def test_qlora_model_repacked_for_cpu_inference_is_refused(policy_dir, pairs, tmp_path):
@@ -249,7 +253,7 @@ def test_qlora_model_repacked_for_cpu_inference_is_refused(policy_dir, pairs, tm
     if not repacked_for_cpu_inference(model):
         pytest.skip("bitsandbytes repacks 4-bit weights only on CPUs with AVX512-BF16")
     with pytest.raises(ValueError, match="repacked this 4-bit model .* reload it"):
-        SPPOTrainer(model, config(tmp_path), train_dataset=pairs_ref, processing_class=tok)
+        SPPOTrainer(model, args=config(tmp_path), train_dataset=pairs_ref, processing_class=tok)
 
 
 def test_lora_adapter_saved_and_reloaded_gives_the_same_logps(policy_dir, pairs, tmp_path):
@@ -263,7 +267,7 @@ def test_lora_adapter_saved_and_reloaded_gives_the_same_logps(policy_dir, pairs,
     assert not (out / "model.safetensors").exists()  # the adapter only
 
     reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(policy_dir), out).eval()
-    trainer = SPPOTrainer(model.eval(), config(tmp_path), train_dataset=add_reference_logps(pairs, reloaded, tok),
+    trainer = SPPOTrainer(model.eval(), args=config(tmp_path), train_dataset=add_reference_logps(pairs, reloaded, tok),
                           processing_class=tok)
     batch = trainer.data_collator(rows_of(pairs))
     seqs = {k: batch[k] for k in ("input_ids", "attention_mask", "response_mask")}
@@ -293,22 +297,22 @@ def test_missing_columns_and_bad_reference_errors(tokenizer, pairs, pairs_ref, t
     model = build_tiny_model(tokenizer)
     with pytest.raises(ValueError, match="lacks column.* ref_chosen_logps, ref_rejected_logps .*"
                                          "add_reference_logps .*reference='on_the_fly'"):
-        SPPOTrainer(model, config(tmp_path), train_dataset=pairs, processing_class=tokenizer)
+        SPPOTrainer(model, args=config(tmp_path), train_dataset=pairs, processing_class=tokenizer)
     with pytest.raises(ValueError, match="eval_dataset lacks column.* chosen_probs_win"):
-        SPPOTrainer(model, config(tmp_path), train_dataset=pairs_ref, processing_class=tokenizer,
+        SPPOTrainer(model, args=config(tmp_path), train_dataset=pairs_ref, processing_class=tokenizer,
                     eval_dataset=pairs_ref.remove_columns("chosen_probs_win"))
     assert required_columns(pairs.column_names, "dpo", "on_the_fly") == ["chosen", "rejected"]
     assert required_columns(pairs.column_names, "sppo_single", "precomputed") == [
         "chosen", "rejected", "chosen_probs", "ref_chosen_logps", "ref_rejected_logps"]
     with pytest.raises(ValueError, match="needs a LoRA / QLoRA .* or ref_model="):
-        SPPOTrainer(model, config(tmp_path, reference="on_the_fly"), train_dataset=pairs, processing_class=tokenizer)
+        SPPOTrainer(model, args=config(tmp_path, reference="on_the_fly"), train_dataset=pairs, processing_class=tokenizer)
     with pytest.raises(ValueError, match="ref_model is only used with reference='on_the_fly'"):
-        SPPOTrainer(model, config(tmp_path), train_dataset=pairs_ref, processing_class=tokenizer, ref_model=model)
+        SPPOTrainer(model, args=config(tmp_path), train_dataset=pairs_ref, processing_class=tokenizer, ref_model=model)
     with pytest.raises(ValueError, match="args must be an SPPOConfig"):
         SPPOTrainer(model, TrainingArguments(output_dir=str(tmp_path), report_to="none"),
                     train_dataset=pairs_ref, processing_class=tokenizer)
     with pytest.raises(ValueError, match="needs processing_class=<tokenizer>"):
-        SPPOTrainer(model, config(tmp_path), train_dataset=pairs_ref)
+        SPPOTrainer(model, args=config(tmp_path), train_dataset=pairs_ref)
 
 
 def test_gradient_checkpointing_really_recomputes_in_training(policy_dir, pairs, tmp_path):
@@ -321,7 +325,7 @@ def test_gradient_checkpointing_really_recomputes_in_training(policy_dir, pairs,
         model, tok = load_policy(policy_dir, mode="lora", lora_r=4, gradient_checkpointing=on)
         calls = []
         model.base_model.model.model.layers[0].self_attn.q_proj.register_forward_hook(lambda *_: calls.append(1))
-        SPPOTrainer(model.train(), config(tmp_path, reference="on_the_fly", max_steps=1, per_device_train_batch_size=2),
+        SPPOTrainer(model.train(), args=config(tmp_path, reference="on_the_fly", max_steps=1, per_device_train_batch_size=2),
                     train_dataset=pairs.select(range(2)), processing_class=tok).train()
         counts[on] = len(calls)
     # on_the_fly adds one no-grad reference forward per step, which is never recomputed.
