@@ -34,7 +34,7 @@ from sppo_lite.game import validate_preference
 __all__ = [
     "PROMPT_COLUMNS", "CHAT_COLUMNS",
     "load_prompts", "iteration_split", "probs_from_scores", "win_rates", "select_pairs",
-    "build_sppo_dataset", "check_training_values", "to_full_chats", "encode_chat", "pad_chat_batch", "sequence_logps",
+    "build_sppo_dataset", "check_training_values", "to_full_chats", "to_trl_rows", "encode_chat", "pad_chat_batch", "sequence_logps",
     "add_reference_logps",
 ]
 
@@ -318,6 +318,22 @@ def to_full_chats(dataset: datasets.Dataset) -> datasets.Dataset:
         return {c: prompt + _messages(row[c], "assistant") for c in chats}
 
     return dataset.map(whole, desc="prompt + answer → chats")
+
+
+def to_trl_rows(dataset: datasets.Dataset) -> datasets.Dataset:
+    """sppo-lite's whole-chat rows → TRL's explicit-prompt conversational rows (the inverse of to_full_chats).
+
+    `prompt` becomes the messages before the answer, each chat column its last (assistant) message only;
+    the other columns (win probabilities, ...) stay.
+    """
+    chats = [c for c in CHAT_COLUMNS if c in dataset.column_names]
+    if not chats or len(dataset) == 0 or all(m["role"] == "assistant" for m in dataset[0][chats[0]]):
+        return dataset
+
+    def split(row):
+        return {"prompt": row[chats[0]][:-1], **{c: row[c][-1:] for c in chats}}
+
+    return dataset.map(split, desc="chats → prompt + answer")
 
 
 # Columns a training row may hold, and the values each must lie in.

@@ -5,7 +5,7 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
 
-from sppo_lite.data import add_reference_logps, build_sppo_dataset
+from sppo_lite.data import add_reference_logps, build_sppo_dataset, to_full_chats, to_trl_rows
 from sppo_lite.modeling import build_tiny_model, load_policy, save_tiny_policy
 from sppo_lite.trainer import SPPOConfig, SPPOTrainer
 
@@ -38,10 +38,11 @@ def args(tmp_path, **overrides):
 
 def explicit_prompt(pairs) -> Dataset:
     """The same pairs in TRL's explicit-prompt conversational form: prompt messages + assistant-only answers."""
-    return Dataset.from_dict({
-        "prompt": [[{"role": "user", "content": p}] for p in pairs["prompt"]],
-        "chosen": [[c[-1]] for c in pairs["chosen"]], "rejected": [[r[-1]] for r in pairs["rejected"]],
-        **{k: pairs[k] for k in ("chosen_probs", "chosen_probs_win", "chosen_probs_lose")}})
+    rows = to_trl_rows(pairs)
+    assert rows["prompt"][0] == [{"role": "user", "content": PROMPTS[0]}]
+    assert rows["chosen"][0] == [pairs["chosen"][0][-1]] and rows["chosen_probs_win"] == pairs["chosen_probs_win"]
+    assert to_full_chats(rows)["chosen"] == pairs["chosen"]  # and back
+    return rows
 
 
 def test_trl_argument_order_and_a_model_folder(pairs, policy_dir, tmp_path):
