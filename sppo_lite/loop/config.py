@@ -24,7 +24,7 @@ __all__ = ["DEFAULT_CONFIG", "JUDGE_TYPES", "load_config", "apply_overrides", "r
            "check_iterations", "check_prompt_source"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
-JUDGE_TYPES = ("pairrm", "reward_model", "length", "cyclic_style")
+JUDGE_TYPES = ("pairrm", "reward_model", "length", "sentiment", "cyclic_style")
 _PROMPT_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 # Every key a config may set, with its default. Configs override these; unknown keys are errors,
@@ -52,7 +52,7 @@ DEFAULT_CONFIG = {
         "shard_size": 256,                 # prompts per resumable shard
     },
     "judge": {
-        "type": "pairrm",                  # pairrm | reward_model | length | cyclic_style
+        "type": "pairrm",                  # pairrm | reward_model | length | sentiment | cyclic_style
         "model": "llm-blender/PairRM",     # "tiny": a tiny PairRM-shaped ranker built locally
         "mode": "official",                # pairrm: official (BT scores, as the paper) | pairwise
         "batch_size": 16, "dtype": None, "device": "auto",
@@ -62,6 +62,8 @@ DEFAULT_CONFIG = {
         "quality_keyword": None,           # cyclic_style: q(y) = occurrences of this word (within-style quality)
         "quality_weight": 0.2,             # cyclic_style: P = (1 − w)·S + w·σ(q_i − q_j)
         "length_scale": 20.0,              # length judge: P_ij = σ((len_i − len_j)/scale)
+        "words_per_point": 60.0,           # sentiment judge: s = VADER compound − words/words_per_point
+        "sentiment_scale": 0.1,            # sentiment judge: P_ij = σ((s_i − s_j)/sentiment_scale)
         "shard_size": 256,
     },
     "build": {
@@ -306,6 +308,8 @@ def check_config(config: dict) -> None:
     _text(config, "judge.quality_keyword", optional=True)
     _number(config, "judge.quality_weight", 0, 1)
     _number(config, "judge.length_scale", 0, low_open=True)
+    _number(config, "judge.words_per_point", 0, low_open=True)
+    _number(config, "judge.sentiment_scale", 0, low_open=True)
     _int(config, "judge.shard_size", 1)
     _choice(config, "build.pair_mode", ("best_worst", "all"))
     _int(config, "build.ref_batch_size", 1)

@@ -90,6 +90,11 @@ class Run:
         import json
 
         name = self.config[section]["model"]
+        if section == "policy":
+            from ..modeling import NAMED_MODELS, named_model_dir
+
+            if name in NAMED_MODELS:  # a real chat model shipped in a PyPI package: converted once, cached
+                return named_model_dir(name)
         if name != "tiny":
             return name
         target = self.output_dir / "base" / ("tiny-policy" if section == "policy" else "tiny-pairrm")

@@ -220,6 +220,8 @@ def make_judge(cfg: dict, run=None):
     j = cfg["judge"]
     if j["type"] == "length":
         return judges.LengthJudge(scale=j["length_scale"])
+    if j["type"] == "sentiment":
+        return judges.SentimentJudge(words_per_point=j["words_per_point"], scale=j["sentiment_scale"])
     if j["type"] == "cyclic_style":
         word = j["quality_keyword"]
         return judges.CyclicStyleJudge(j["markers"], j["style_matrix"],
