@@ -48,4 +48,4 @@ def test_gpu_smoke_writes_the_failure_and_its_last_line(tmp_path, benchmarks_on_
     assert rc == 1
     assert set(result) == {"ok", "gpu", "stages", "error"}
     assert result["ok"] is False and result["gpu"] == "cpu test" and result["stages"] == {}
-    assert result["error"].startswith("ValueError: generation.k must be an integer >= 2")
+    assert result["error"].startswith("ValueError: ") and "generation.k must be an integer >= 2" in result["error"]
