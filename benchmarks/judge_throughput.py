@@ -24,18 +24,16 @@ Writes benchmarks/results/judge-<hardware>[-tiny].json (`--results-dir` moves it
 --profile-if-behind, when sppo-lite is under `--target-speedup` (5×) the official speed, one batch of
 PairRMJudge.win_matrices is profiled and its top ops go in the JSON under "profile".
 
-`--ranker large` is DeBERTa-v3-large-shaped (hidden 1024, 24 layers, 16 heads, MLP 4096) with random
-weights, laid out as `sppo_lite.pairrm.build_tiny_pairrm` lays out its tiny ranker: its speed is
-PairRM's, its decisions are not (random scores sit close together, so fp16 rounding can flip a
+`--ranker large` is `sppo_lite.pairrm.build_pairrm(size="large")`: DeBERTa-v3-large-shaped (hidden 1024,
+24 layers, 16 heads, MLP 4096) with random weights, in the tiny ranker's layout: its speed is PairRM's,
+its decisions are not (random scores sit close together, so fp16 rounding can flip a
 near-tie); check decision parity on the tiny trained ranker or real PairRM weights.
 """
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import random
-import string
 import tempfile
 import time
 from importlib import metadata
@@ -47,7 +45,7 @@ from common import hardware
 
 from sppo_lite.data import probs_from_scores, select_pairs
 from sppo_lite.judges import PairRMJudge
-from sppo_lite.pairrm import build_tiny_pairrm, load_blender, patch_llm_blender_for_transformers5
+from sppo_lite.pairrm import build_pairrm, load_blender
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = ("the a of to and is it this that with for on as be by are was can will not more most very "
@@ -68,70 +66,14 @@ def synthetic_prompts(n: int, k: int, seed: int = 0) -> tuple[list[str], list[li
     return prompts, [[text(100, 400) for _ in range(k)] for _ in prompts]
 
 
-def build_random_pairrm(path: Path, seed: int = 0) -> str:
-    """A PairRM-sized ranker directory (DeBERTa-v3-large shape, random weights, no training).
-
-    Same layout as build_tiny_pairrm: config.json (llm-blender RankerConfig), pytorch_model.bin, and
-    the DeBERTa-v2 base plus a SentencePiece tokenizer (200 pieces trained on WORDS) in backbone/.
-    llm-blender resizes the embedding to the tokenizer (+4 prefix tokens), so the vocabulary is
-    small rather than DeBERTa's 128k: an embedding lookup costs the same either way.
-    """
-    import sentencepiece as spm
-    from transformers import DebertaV2Config, DebertaV2Model, DebertaV2Tokenizer
-
-    ranker_dir = path.resolve()
-    base_dir = ranker_dir / "backbone"
-    if any(part in str(base_dir) for part in ("llama", "alpaca", "phi")):  # llm-blender special-cases these
-        raise ValueError(f"choose a --workdir without 'llama', 'alpaca' or 'phi' in its path, got {ranker_dir}")
-    base_dir.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
-    corpus = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) for _ in range(2000)]
-    corpus.append(" ".join(string.ascii_letters + string.digits + string.punctuation))
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(  # DeBERTa-v3 id layout: [PAD] [CLS] [SEP] [UNK]
-        sentence_iterator=iter(corpus), model_writer=model, model_type="unigram", vocab_size=200,
-        hard_vocab_limit=False, character_coverage=1.0, minloglevel=2, pad_id=0, pad_piece="[PAD]",
-        bos_id=1, bos_piece="[CLS]", eos_id=2, eos_piece="[SEP]", unk_id=3, unk_piece="[UNK]",
-        user_defined_symbols=["[MASK]"])
-    (base_dir / "spm.model").write_bytes(model.getvalue())
-    tokenizer = DebertaV2Tokenizer.from_pretrained(base_dir, model_max_length=2048)
-    tokenizer.save_pretrained(base_dir)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        DebertaV2Model(DebertaV2Config(
-            vocab_size=len(tokenizer), hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-            intermediate_size=4096, max_position_embeddings=512, relative_attention=True, position_buckets=256,
-            max_relative_positions=-1, pos_att_type=["p2c", "c2p"], position_biased_input=False,
-            norm_rel_ebd="layer_norm", share_att_key=True, layer_norm_eps=1e-7, type_vocab_size=0,
-            pad_token_id=tokenizer.pad_token_id)).save_pretrained(base_dir)
-
-        patch_llm_blender_for_transformers5()
-        from llm_blender import RankerConfig
-        from llm_blender.blender.blender_utils import load_ranker
-
-        # PairRM's own lengths: source 1224 tokens, each candidate 412.
-        config = RankerConfig(ranker_type="pairranker", model_type="deberta", model_name=str(base_dir),
-                              source_maxlength=1224, candidate_maxlength=412, n_tasks=1, num_pos=5, num_neg=5,
-                              sub_sampling_mode="all_pair", loss_type="instructgpt", inference_mode="bubble",
-                              drop_out=0.05, fp16=True)
-        ranker, _, _ = load_ranker(config)
-        # The 4 prefix tokens llm-blender adds get mean-initialised, near-identical rows: make them differ,
-        # or an untrained ranker calls nearly every pair a tie.
-        embeddings = ranker.pretrained_model.get_input_embeddings().weight
-        with torch.no_grad():
-            embeddings[len(tokenizer):].normal_(0.0, 0.02)
-        torch.save(ranker.state_dict(), ranker_dir / "pytorch_model.bin")
-    (ranker_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    return str(ranker_dir)
-
-
 def ranker_dir(ranker: str, workdir: Path) -> str:
     if ranker not in ("tiny", "large"):
         return ranker  # a local ranker directory
     path = workdir / f"pairrm-{ranker}"
     if not (path / "config.json").exists():
         print(f"building the {ranker} ranker (once; kept in --workdir) ...", flush=True)
-        (build_tiny_pairrm if ranker == "tiny" else build_random_pairrm)(path)
+        # large: its tokenizer learns WORDS, so each word of the synthetic texts is about one token, as in PairRM
+        build_pairrm(path, size=ranker, **({"words": WORDS} if ranker == "large" else {}))
     return str(path)
 
 

@@ -110,10 +110,6 @@ def parse_args(argv=None):
 
 # ---------------------------------------------------------------- the fixed dataset
 
-def chats(prompts, responses):
-    return [[{"role": "user", "content": p}, {"role": "assistant", "content": r}] for p, r in zip(prompts, responses)]
-
-
 @torch.no_grad()
 def response_logps(model, tokenizer, conversations, batch_size: int = 32, max_length: int = 320,
                    max_prompt_length: int = 256):
@@ -135,36 +131,35 @@ def response_logps(model, tokenizer, conversations, batch_size: int = 32, max_le
 
 
 def warm_start(policy: Path, prompts: list[str], steps: int, seed: int) -> None:
-    """Supervised warm start, so the proxy is peaked and structured like a pretrained model, not uniform.
+    """Supervised warm start (sppo_lite.lab.sft), so the proxy is peaked and structured like a pretrained model.
 
     Each prompt is answered by 1-3 other prompts of the set (English sentences, an EOS after them): the model
     learns fluent-ish answers of varying length, so K samples differ in a feature a judge can prefer and the
-    policy can learn (length, as PairRM's known length preference). AdamW 3e-3, 16 chats a step.
+    policy can learn (length, as PairRM's known length preference). `steps` steps of 16 chats, each chat seen
+    once; AdamW 3e-3 (weight decay 0.01), constant lr, no gradient clipping; loss on the answer tokens.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sppo_lite.data import encode_chat, pad_chat_batch, sequence_logps
+    from sppo_lite.data import chat_messages
+    from sppo_lite.lab import sft
 
     rng = np.random.default_rng(seed + 1)
-    tokenizer = AutoTokenizer.from_pretrained(policy)
-    model = AutoModelForCausalLM.from_pretrained(policy).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    chats = []
     for _ in range(steps):
-        batch = []
         for i in rng.integers(len(prompts), size=16):
             answer = " ".join(prompts[j] for j in rng.integers(len(prompts), size=int(rng.integers(1, 4))))
-            batch.append(encode_chat(tokenizer, chats([prompts[i]], [answer])[0], 320, 256))
-        inputs = pad_chat_batch(batch, tokenizer)
-        loss = -sequence_logps(model, **inputs).sum() / inputs["response_mask"].sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+            chats.append(chat_messages(prompts[i], answer))
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    model = AutoModelForCausalLM.from_pretrained(policy)
+    sft(model, tokenizer, chats, policy.with_name(policy.name + ".sft"), max_length=320, max_prompt_length=256,
+        max_steps=steps, per_device_train_batch_size=16, learning_rate=3e-3, lr_scheduler_type="constant",
+        weight_decay=0.01, max_grad_norm=0.0, logging_strategy="no", seed=seed)
     model.save_pretrained(policy)
 
 
 def build_data(workdir: Path, width: int, args) -> dict:
     """Tiny policy of this width, its SPPO pairs (with log π_t) and held-out samples; one fixed set per width."""
-    from sppo_lite.data import add_reference_logps, build_sppo_dataset, load_prompts
+    from sppo_lite.data import add_reference_logps, build_sppo_dataset, chat_messages, load_prompts
     from sppo_lite.generation import generate_responses
     from sppo_lite.judges import LengthJudge
     from sppo_lite.modeling import load_policy, save_tiny_policy
@@ -190,7 +185,7 @@ def build_data(workdir: Path, width: int, args) -> dict:
     mats = judge.win_matrices(train_r["prompt"], train_r["responses"])
     pairs = build_sppo_dataset(train_r["prompt"], train_r["responses"], mats)
     pairs = add_reference_logps(pairs, model, tokenizer, batch_size=32, max_length=320, max_prompt_length=256)
-    held = [c for p, rs in zip(held_r["prompt"], held_r["responses"]) for c in chats([p] * len(rs), rs)]
+    held = [chat_messages(p, r) for p, rs in zip(held_r["prompt"], held_r["responses"]) for r in rs]
     if len(pairs) < args.steps * args.batch_size:
         logging.warning("%d pairs for %d steps × %d: more than one pass over the data", len(pairs), args.steps,
                         args.batch_size)

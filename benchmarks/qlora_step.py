@@ -216,10 +216,6 @@ def make_rows(n_rows: int, length: int, words, seed: int = 0) -> list[tuple[str,
             for _ in range(n_rows)]
 
 
-def chat(prompt: str, response: str) -> list[dict]:
-    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-
-
 # ---------------------------------------------------------------- the four variants (run in a worker process)
 
 class Run:
@@ -320,7 +316,7 @@ def step_timer(run):
 def run_sppo_lite(run: Run) -> list[float]:
     from datasets import Dataset
 
-    from sppo_lite.data import add_reference_logps, encode_chat
+    from sppo_lite.data import add_reference_logps, chat_messages, encode_chat
     from sppo_lite.modeling import load_policy
     from sppo_lite.trainer import SPPOConfig, SPPOTrainer
 
@@ -330,7 +326,7 @@ def run_sppo_lite(run: Run) -> list[float]:
     run.sync()
     run.load_s = time.perf_counter() - t0
     model.train()
-    rows = [{"prompt": p, "chosen": chat(p, c), "rejected": chat(p, r)} for p, c, r in run.rows]
+    rows = [{"prompt": p, "chosen": chat_messages(p, c), "rejected": chat_messages(p, r)} for p, c, r in run.rows]
     encoded = encode_chat(tokenizer, rows[0]["chosen"], run.length, run.length // 2)
     assert len(encoded["input_ids"]) == run.length and encoded["prompt_length"] == run.length // 2, encoded
     dataset = add_reference_logps(Dataset.from_list(rows), model, tokenizer, batch_size=run.n_pairs,
@@ -370,7 +366,7 @@ def run_plain(run: Run) -> list[float]:
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoTokenizer
 
-    from sppo_lite.data import encode_chat, pad_chat_batch
+    from sppo_lite.data import chat_messages, encode_chat, pad_chat_batch
     from sppo_lite.losses import sppo_hard_loss
 
     tokenizer = AutoTokenizer.from_pretrained(run.model_dir)
@@ -387,7 +383,7 @@ def run_plain(run: Run) -> list[float]:
     ends = []
     for step in range(run.warmup + run.steps):
         rows = run.rows[step * run.n_pairs:(step + 1) * run.n_pairs]
-        chats = [chat(p, c) for p, c, _ in rows] + [chat(p, r) for p, _, r in rows]
+        chats = [chat_messages(p, c) for p, c, _ in rows] + [chat_messages(p, r) for p, _, r in rows]
         batch = pad_chat_batch([encode_chat(tokenizer, m, run.length, run.length // 2) for m in chats], tokenizer)
         ids, mask = batch["input_ids"].to(device), batch["response_mask"][:, 1:].to(device)
         with torch.autocast(device, dtype=torch.bfloat16, enabled=run.cuda):

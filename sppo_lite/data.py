@@ -34,7 +34,8 @@ from sppo_lite.game import validate_preference
 __all__ = [
     "PROMPT_COLUMNS", "CHAT_COLUMNS",
     "load_prompts", "iteration_split", "probs_from_scores", "win_rates", "select_pairs",
-    "build_sppo_dataset", "check_training_values", "to_full_chats", "to_trl_rows", "encode_chat", "pad_chat_batch", "sequence_logps",
+    "chat_messages", "build_sppo_dataset", "check_training_values", "to_full_chats", "to_trl_rows", "encode_chat",
+    "pad_chat_batch", "sequence_logps",
     "add_reference_logps",
 ]
 
@@ -232,7 +233,7 @@ def select_pairs(scores_or_matrix, mode: str = "best_worst") -> list[dict]:
 
 # ---------------------------------------------------------------- SPPO dataset
 
-def _chat(prompt: str, response: str) -> list[dict]:
+def chat_messages(prompt: str, response: str) -> list[dict]:
     """The official message list: the user's prompt, then the assistant's response."""
     return [{"content": prompt, "role": "user"}, {"content": response, "role": "assistant"}]
 
@@ -268,12 +269,12 @@ def build_sppo_dataset(prompts, responses, matrices, pair_mode: str = "best_wors
         for sel in select_pairs(judged, mode=pair_mode):
             if pair_mode == "all":
                 rows.append({"prompt": prompt, "win_prob": sel["win_prob"],
-                             "response": _chat(prompt, candidates[sel["response_index"]]),
+                             "response": chat_messages(prompt, candidates[sel["response_index"]]),
                              "response_finished": done[sel["response_index"]]})
             elif candidates[sel["chosen_index"]] != candidates[sel["rejected_index"]]:
                 rows.append({**sel, "prompt": prompt,
-                             "chosen": _chat(prompt, candidates[sel["chosen_index"]]),
-                             "rejected": _chat(prompt, candidates[sel["rejected_index"]]),
+                             "chosen": chat_messages(prompt, candidates[sel["chosen_index"]]),
+                             "rejected": chat_messages(prompt, candidates[sel["rejected_index"]]),
                              "chosen_finished": done[sel["chosen_index"]],
                              "rejected_finished": done[sel["rejected_index"]]})
     features = _RESPONSE_FEATURES if pair_mode == "all" else _PAIR_FEATURES

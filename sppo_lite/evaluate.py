@@ -6,7 +6,7 @@ are reported in percent (0–100), as AlpacaEval and the paper do; probabilities
     win_rate                    WR = 100 · mean_x p(x)
     length_controlled_win_rate  logit p(x) ≈ θ + φ·tanh(Δ(x)/sd(Δ)), Δ = len_model − len_baseline;
                                 LC = 100 · σ(θ): the win rate at equal lengths
-    bootstrap_ci                percentile bootstrap over prompts, rows resampled jointly
+    bootstrap_ci                percentile bootstrap over prompts, rows resampled jointly (scipy.stats)
     evaluate_against            judge model vs baseline on every prompt → WR, LC, CIs, lengths
     best_of_n                   each prompt's candidate with the highest row mean of the judge matrix
     results_table               ours beside the paper's AlpacaEval 2.0 numbers
@@ -25,6 +25,7 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit
+from scipy.stats import bootstrap
 
 __all__ = [
     "PAPER_ALPACAEVAL", "LengthControlledFit",
@@ -110,22 +111,27 @@ def length_controlled_win_rate(p, len_model, len_baseline, ridge: float = 1e-4) 
 
 def bootstrap_ci(stat_fn: Callable[..., float], *arrays, n_boot: int = 2000, alpha: float = 0.05,
                  seed: int = 0) -> tuple[float, float, float]:
-    """(stat(data), q_{α/2}, q_{1−α/2}) of stat over n_boot resamples of the prompts with replacement."""
+    """(stat(data), q_{α/2}, q_{1−α/2}) of stat over n_boot resamples of the prompts with replacement.
+
+    `arrays` are 1-D, one value per prompt. scipy.stats.bootstrap(paired=True, method="percentile"):
+    each resample draws prompt indices once and takes those rows of every array, so they stay aligned.
+    """
     arrays = [np.asarray(a) for a in arrays]
     lengths = [len(a) if a.ndim else 0 for a in arrays]
     if not arrays or min(lengths) == 0 or len(set(lengths)) > 1:
         raise ValueError(f"bootstrap_ci got arrays of lengths {lengths}: give one or more non-empty arrays "
                          f"with one row per prompt each")
-    n = lengths[0]
+    if any(a.ndim != 1 for a in arrays):
+        raise ValueError(f"bootstrap_ci got arrays of shapes {[a.shape for a in arrays]}: give 1-D arrays, "
+                         f"one value per prompt")
     if n_boot < 1 or not 0 < alpha < 1:
         raise ValueError(f"need n_boot >= 1 and 0 < alpha < 1, got n_boot={n_boot}, alpha={alpha}")
-    rng = np.random.default_rng(seed)
-    stats = np.empty(n_boot)
-    for b in range(n_boot):
-        rows = rng.integers(0, n, size=n)
-        stats[b] = stat_fn(*(a[rows] for a in arrays))
-    low, high = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
-    return float(stat_fn(*arrays)), float(low), float(high)
+    estimate = float(stat_fn(*arrays))
+    if lengths[0] == 1:  # scipy asks for two rows; a single row only resamples to itself
+        return estimate, estimate, estimate
+    result = bootstrap(arrays, stat_fn, n_resamples=n_boot, paired=True, vectorized=False, method="percentile",
+                       confidence_level=1 - alpha, rng=np.random.default_rng(seed))
+    return estimate, float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def _lc_rate(p, len_model, len_baseline) -> float:

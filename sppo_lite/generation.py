@@ -16,6 +16,7 @@ of prompt counts for the stage manifest.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -49,13 +50,14 @@ def generate_responses(model, tokenizer, prompts, k: int = 5, temperature: float
     """K responses per prompt with transformers generate(); returns (dataset, stats), see the module docstring.
 
     `batch_size` counts prompts (batch_size·k rows per generate call); prompts are length-sorted and
-    left-padded. `prompt_ids` (default 0..N-1) key the seeds and the prompt_id column. A chat-templated
+    left-padded (tokenizer.pad). `prompt_ids` (default 0..N-1) key the seeds and the prompt_id column. A chat-templated
     prompt longer than `max_prompt_tokens` is skipped or has its user text cut to fit (`long_prompts`).
     The model is put in eval mode for the call and restored after.
     """
     _check_sampling(k, temperature, top_p)
     prompts, stats = _encode_prompts(tokenizer, prompts, prompt_ids, max_prompt_tokens, long_prompts)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    padder = _with_pad_token(tokenizer)
+    pad_id = padder.pad_token_id
     # Unset fields are filled from model.generation_config by generate(); eos falls back to the tokenizer's.
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, use_cache=True, pad_token_id=pad_id)
     if model.generation_config.eos_token_id is None:
@@ -68,7 +70,7 @@ def generate_responses(model, tokenizer, prompts, k: int = 5, temperature: float
         with torch.no_grad(), tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress) as bar:
             for start in range(0, len(order), batch_size):
                 batch = [prompts[i] for i in order[start:start + batch_size]]
-                texts, done = _generate_batch(model, tokenizer, batch, k, temperature, top_p, seed, config, pad_id)
+                texts, done = _generate_batch(model, tokenizer, padder, batch, k, temperature, top_p, seed, config)
                 for row, i in enumerate(order[start:start + batch_size]):
                     responses[i], finished[i] = texts[row * k:(row + 1) * k], done[row * k:(row + 1) * k]
                 bar.update(len(batch))
@@ -157,10 +159,12 @@ class _SeededSampling(LogitsProcessor):
         return torch.full_like(scores, float("-inf")).scatter_(1, drawn[:, None], 0.0)
 
 
-def _generate_batch(model, tokenizer, batch, k, temperature, top_p, seed, config, pad_id):
+def _generate_batch(model, tokenizer, padder, batch, k, temperature, top_p, seed, config):
     """(texts, finished): k decoded responses for each prompt of `batch`, rows ordered prompt-major, and
-    whether each ended with an end-of-sequence token (False: cut at max_new_tokens)."""
-    input_ids, attention_mask = _left_pad([p.input_ids for p in batch], pad_id)
+    whether each ended with an end-of-sequence token (False: cut at max_new_tokens). `padder` left-pads."""
+    padded = padder.pad({"input_ids": [p.input_ids for p in batch]}, padding_side="left",
+                        return_attention_mask=True, return_tensors="pt")
+    input_ids, attention_mask = padded["input_ids"], padded["attention_mask"]
     input_ids, attention_mask = input_ids.repeat_interleave(k, 0), attention_mask.repeat_interleave(k, 0)
     processors = LogitsProcessorList()
     if temperature > 0:
@@ -176,18 +180,16 @@ def _generate_batch(model, tokenizer, batch, k, temperature, top_p, seed, config
     return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)], finished
 
 
-def _left_pad(sequences, pad_id):
-    """(input_ids, attention_mask) with each row right-aligned.
+def _with_pad_token(tokenizer):
+    """`tokenizer` when it has a pad token, else a copy whose pad token is its eos (Mistral's has none).
 
-    Hand-written: tokenizer.pad needs a pad token, which Mistral's tokenizer does not have.
+    The padding is masked out, so which id fills it does not matter; the caller's tokenizer is left as is.
     """
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        input_ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-        attention_mask[row, width - len(seq):] = 1
-    return input_ids, attention_mask
+    if tokenizer.pad_token is not None:
+        return tokenizer
+    padder = copy.deepcopy(tokenizer)
+    padder.pad_token = tokenizer.eos_token
+    return padder
 
 
 def _row_seed(seed: int, prompt_id, j: int) -> int:

@@ -235,11 +235,11 @@ class RewardModelJudge(JudgeBase):
         self.model.to(device).eval()
 
     def _encode(self, prompts: list[str], responses: list[str]):
+        from .data import chat_messages
+
         tok = self.tokenizer
         if tok.chat_template:
-            chats = [[{"role": "user", "content": p}, {"role": "assistant", "content": r}]
-                     for p, r in zip(prompts, responses)]
-            texts = [tok.apply_chat_template(chat, tokenize=False) for chat in chats]
+            texts = [tok.apply_chat_template(chat_messages(p, r), tokenize=False) for p, r in zip(prompts, responses)]
             return tok(texts, add_special_tokens=False, padding=True, truncation=True, return_tensors="pt")
         return tok(prompts, responses, padding=True, truncation=True, return_tensors="pt")
 

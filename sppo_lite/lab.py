@@ -16,7 +16,7 @@ import numpy as np
 
 from . import game
 
-__all__ = ["MARKERS", "BODIES", "style_response", "style_sft_chats", "build_lab_policy", "style_mix",
+__all__ = ["MARKERS", "BODIES", "style_response", "style_sft_chats", "sft", "build_lab_policy", "style_mix",
            "lab_config", "style_payoff", "mix_trajectory", "run_arm", "samples", "win_rate_vs", "logratio_moves", "fit_effective_eta"]
 
 MARKERS = ("Sure!", "Well,", "Briefly:")
@@ -36,6 +36,8 @@ def style_response(style: int, good: bool) -> str:
 
 def style_sft_chats(prompts, mix, per_prompt: int = 8, good_fraction: float = 0.5, seed: int = 0) -> list[list[dict]]:
     """SFT chats: for each prompt, `per_prompt` answers whose styles follow `mix` exactly in expectation."""
+    from .data import chat_messages
+
     mix = game.validate_policy(mix, len(MARKERS))
     rng = random.Random(seed)
     chats = []
@@ -43,21 +45,43 @@ def style_sft_chats(prompts, mix, per_prompt: int = 8, good_fraction: float = 0.
         for _ in range(per_prompt):
             style = rng.choices(range(len(MARKERS)), weights=mix)[0]
             answer = style_response(style, rng.random() < good_fraction)
-            chats.append([{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}])
+            chats.append(chat_messages(prompt, answer))
     return chats
+
+
+def sft(model, tokenizer, chats, output_dir, max_length: int = 256, max_prompt_length: int = 192,
+        **training_args) -> None:
+    """Supervised fine-tuning of `model` in place on chat-message lists, loss on the answer tokens only.
+
+    transformers Trainer with DataCollatorForSeq2Seq (labels −100 on the prompt and on padding; the
+    tokenizer needs a pad token); chats encoded by data.encode_chat. `training_args` go to
+    TrainingArguments (num_train_epochs or max_steps, learning_rate, per_device_train_batch_size, ...)
+    on top of: CPU, no checkpoints, no reports. Nothing is left in `output_dir`.
+    """
+    from datasets import Dataset
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from .data import encode_chat
+
+    def encode(chat):
+        enc = encode_chat(tokenizer, chat, max_length=max_length, max_prompt_length=max_prompt_length)
+        labels = list(enc["input_ids"])
+        labels[: enc["prompt_length"]] = [-100] * enc["prompt_length"]
+        return {"input_ids": enc["input_ids"], "attention_mask": [1] * len(labels), "labels": labels}
+
+    args = TrainingArguments(**{"output_dir": str(output_dir), "report_to": [], "save_strategy": "no",
+                                "use_cpu": True, "disable_tqdm": True, **training_args})
+    Trainer(model=model, args=args, train_dataset=Dataset.from_list([encode(c) for c in chats]),
+            data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)).train()
+    shutil.rmtree(args.output_dir, ignore_errors=True)  # nothing is saved there (save_strategy "no")
 
 
 def build_lab_policy(path, prompts, mix=(0.6, 0.3, 0.1), per_prompt: int = 8, epochs: int = 8,
                      learning_rate: float = 5e-3, batch_size: int = 32, seed: int = 0) -> str:
     """Tiny Mistral + tokenizer, SFT on style_sft_chats (loss on answer tokens only), saved to `path`.
 
-    Uses transformers Trainer with DataCollatorForSeq2Seq (labels −100 on prompt and padding).
     Does nothing if `path` already holds a finished policy.
     """
-    from datasets import Dataset
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
-
-    from .data import encode_chat
     from .modeling import build_tiny_model, build_tiny_tokenizer
 
     path = Path(path)
@@ -68,24 +92,12 @@ def build_lab_policy(path, prompts, mix=(0.6, 0.3, 0.1), per_prompt: int = 8, ep
                                      + [style_response(s, g) for s in range(3) for g in (True, False)])
     tokenizer.pad_token = tokenizer.eos_token
     model = build_tiny_model(tokenizer, seed=seed)
-
-    def encode(chat):
-        enc = encode_chat(tokenizer, chat, max_length=256, max_prompt_length=192)
-        labels = list(enc["input_ids"])
-        labels[: enc["prompt_length"]] = [-100] * enc["prompt_length"]
-        return {"input_ids": enc["input_ids"], "attention_mask": [1] * len(labels), "labels": labels}
-
-    data = Dataset.from_list([encode(c) for c in chats])
-    args = TrainingArguments(output_dir=str(path.with_name(path.name + ".sft")), num_train_epochs=epochs,
-                             learning_rate=learning_rate, per_device_train_batch_size=batch_size,
-                             lr_scheduler_type="cosine", warmup_steps=0.1, seed=seed, report_to=[],
-                             save_strategy="no", logging_steps=10, use_cpu=True, disable_tqdm=True)
-    Trainer(model=model, args=args, train_dataset=data,
-            data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)).train()
+    sft(model, tokenizer, chats, path.with_name(path.name + ".sft"), max_length=256, max_prompt_length=192,
+        num_train_epochs=epochs, learning_rate=learning_rate, per_device_train_batch_size=batch_size,
+        lr_scheduler_type="cosine", warmup_steps=0.1, seed=seed, logging_steps=10)
     model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
     (path / ".complete").write_text("")
-    shutil.rmtree(args.output_dir, ignore_errors=True)  # nothing is saved there (save_strategy "no")
     return str(path)
 
 

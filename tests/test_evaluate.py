@@ -65,6 +65,34 @@ def test_lc_recovers_the_quality_rate_under_length_bias():
     assert length_controlled_win_rate(p_linear, len_model, len_baseline).lc_win_rate == pytest.approx(65.0, abs=3)
 
 
+@pytest.mark.parametrize("seed, labels", [(7, "soft"), (8, "hard")])
+def test_lc_fit_matches_statsmodels_glm_on_the_same_features(seed, labels):
+    """An independent fit of the same GLM: statsmodels' Binomial GLM (fractional responses allowed) on
+    X = [1, tanh(Δ/sd(Δ))], by IRLS without a penalty and by its elastic net with the package's ridge."""
+    import statsmodels.api as sm  # a dev requirement
+    len_model, len_baseline, delta = lengths(seed, mean_diff=100.0)
+    x = np.tanh(delta / delta.std())
+    rng = np.random.default_rng(seed)
+    z = logit(TRUE_RATE) + 1.5 * x + rng.normal(0.0, 0.5, N)  # the GLM's form plus per-prompt noise
+    p = expit(z) if labels == "soft" else (rng.random(N) < expit(z)) * 1.0  # judge probabilities or 0/1 verdicts
+    X = np.column_stack([np.ones(N), x])
+    glm = sm.GLM(p, X, family=sm.families.Binomial()).fit(tol=1e-12)
+    ours = length_controlled_win_rate(p, len_model, len_baseline, ridge=0.0)
+    assert [ours.intercept, ours.length_coef] == pytest.approx(glm.params, abs=1e-6)  # both solvers: ~1e-8
+    assert ours.lc_win_rate == pytest.approx(100 * expit(glm.params[0]), abs=1e-6)
+    assert ours.length_scale == pytest.approx(delta.std())
+    assert ours.length_coef == pytest.approx(1.5, abs=0.3) and ours.lc_win_rate == pytest.approx(65.0, abs=4)
+    # The default ridge adds (1e-4/2)·φ² to the mean cross-entropy; statsmodels' elastic net with L1 weight 0
+    # minimises −loglik/n + (α/2)·β², α per coefficient: the same objective, solved by another method.
+    ridge = 1e-4
+    penalised = sm.GLM(p, X, family=sm.families.Binomial()).fit_regularized(
+        alpha=np.array([0.0, ridge]), L1_wt=0.0, cnvrg_tol=1e-12, maxiter=1000)
+    fit = length_controlled_win_rate(p, len_model, len_baseline, ridge=ridge)
+    assert [fit.intercept, fit.length_coef] == pytest.approx(penalised.params, abs=2e-5)
+    assert abs(fit.length_coef) < abs(glm.params[1])  # the ridge shrinks φ ...
+    assert fit.lc_win_rate == pytest.approx(ours.lc_win_rate, abs=0.1)  # ... and moves LC by < 0.1 points
+
+
 # ---------------------------------------------------------------- bootstrap
 
 def test_bootstrap_interval_covers_the_true_rate_in_most_simulations():
@@ -83,6 +111,25 @@ def test_bootstrap_resamples_rows_jointly_and_is_seeded():
     paired = bootstrap_ci(lambda a, b: float(np.mean(a - b)), p, p.copy(), n_boot=200)
     assert paired == (0.0, 0.0, 0.0)  # rows kept together: a − b is 0 in every resample
     assert bootstrap_ci(win_rate, p, n_boot=200, seed=1) == bootstrap_ci(win_rate, p, n_boot=200, seed=1)
+
+
+def test_bootstrap_interval_agrees_with_a_hand_percentile_and_the_normal_interval():
+    rng = np.random.default_rng(9)
+    base = rng.beta(3.0, 7.0, 400)
+    a, b = np.clip(base + rng.normal(0.02, 0.01, 400), 0, 1), base  # paired: a − b varies far less than a, b
+    mean_diff = lambda x, y: float(np.mean(x - y))  # noqa: E731
+    estimate, low, high = bootstrap_ci(mean_diff, a, b, n_boot=4000, seed=2)
+    # Hand-written percentile bootstrap, other resamples: the same interval up to Monte-Carlo error.
+    rows = np.random.default_rng(123).integers(0, 400, size=(4000, 400))
+    hand_low, hand_high = np.quantile((a[rows] - b[rows]).mean(axis=1), [0.025, 0.975])
+    # Normal interval of the mean of the paired differences: the mean of 400 rows is nearly normal.
+    d = a - b
+    half = 1.96 * d.std() / np.sqrt(len(d))
+    assert estimate == pytest.approx(d.mean())
+    for lo, hi in [(hand_low, hand_high), (d.mean() - half, d.mean() + half)]:
+        assert low == pytest.approx(lo, abs=0.1 * half) and high == pytest.approx(hi, abs=0.1 * half)
+    # Resampling a and b on their own would see their spread (sd ≈ 0.14, not 0.01): ten times wider.
+    assert high - low < 0.1 * 2 * 1.96 * np.hypot(a.std(), b.std()) / np.sqrt(len(d))
 
 
 def test_bootstrap_of_the_lc_win_rate_brackets_its_estimate():
@@ -168,6 +215,7 @@ def test_length_drift_per_iteration():
     (lambda: bootstrap_ci(win_rate, []), "non-empty"),
     (lambda: bootstrap_ci(win_rate), "non-empty"),
     (lambda: bootstrap_ci(win_rate, [0.5], alpha=1.5), "alpha"),
+    (lambda: bootstrap_ci(win_rate, [[0.5, 0.6], [0.1, 0.2]]), "1-D"),
     (lambda: evaluate_against(LengthJudge(), ["a", "b"], ["x", "y"], ["z"]), "one of each per prompt"),
     (lambda: evaluate_against(LengthJudge(), [], [], []), "one of each per prompt"),
     (lambda: evaluate_against(LengthJudge(), "a", "x", "y"), "takes lists"),

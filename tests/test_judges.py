@@ -276,6 +276,35 @@ def test_build_tiny_pairrm_refuses_special_cased_paths(tmp_path):
     assert not (tmp_path / "my_llama_ranker").exists()
 
 
+def test_large_pairrm_has_pairrm_shape_and_loads_through_blender_and_judge():
+    """size="large": PairRM's dimensions and limits, random weights; built here with small layers."""
+    from sppo_lite.pairrm import PAIRRM_SIZES, build_pairrm, load_blender, patch_llm_blender_for_transformers5
+
+    patch_llm_blender_for_transformers5()
+    pytest.importorskip("llm_blender")
+
+    large = PAIRRM_SIZES["large"]
+    assert {k: large["backbone"][k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                                "intermediate_size")} == {
+        "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096}
+    assert (large["ranker"]["source_maxlength"], large["ranker"]["candidate_maxlength"]) == (1224, 412)
+    with pytest.raises(ValueError, match="size must be one of"):
+        build_pairrm("unused", size="huge")
+    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    with tempfile.TemporaryDirectory(prefix="sppo_large_ranker_") as tmp:
+        path = build_pairrm(Path(tmp) / "ranker", size="large", **small)
+        blender = load_blender(path)
+        assert (blender.ranker_config.source_maxlength, blender.ranker_config.candidate_maxlength) == (1224, 412)
+        assert blender.ranker.pretrained_model.config.num_hidden_layers == 1
+        prefix_rows = blender.ranker.pretrained_model.get_input_embeddings().weight[-4:].detach().numpy()
+        M = PairRMJudge(path, mode="pairwise").win_matrices(PROMPTS[:1], RESPONSES[:1])[0]
+    assert_preference(M, 4)
+    # llm-blender mean-initialises the rows of its 4 added tokens; an untrained ranker redraws them, ~N(0, 0.02²):
+    # rows of 32 values lie about 0.02·√64 = 0.16 apart.
+    distances = [np.linalg.norm(prefix_rows[i] - prefix_rows[j]) for i in range(4) for j in range(i)]
+    assert min(distances) > 0.05
+
+
 def test_pairrm_mode_is_checked(tiny_pairrm):
     with pytest.raises(ValueError, match="mode must be one of"):
         PairRMJudge(tiny_pairrm, mode="bubble")
