@@ -8,27 +8,9 @@ from pathlib import Path
 
 from sppo_lite import generation, loop
 from sppo_lite.loop import stages
+from shared import PROMPTS, tiny_config
 
 torch.set_num_threads(1)
-PROMPTS = str(Path(__file__).resolve().parent.parent / "data" / "prompts.jsonl")
-
-
-def tiny_config(tmp_path, **overrides):
-    """A config that runs generate/judge/build in seconds: tiny policy, length judge, 6 prompts."""
-    base = {
-        "seed": 3, "iterations": 1,
-        "policy": {"model": "tiny", "device": "cpu"},
-        "prompts": {"source": PROMPTS, "n_prompts": 6},
-        "generation": {"k": 3, "max_new_tokens": 6, "batch_size": 4, "shard_size": 2},
-        "judge": {"type": "length", "device": "cpu", "shard_size": 2},
-        "build": {"ref_batch_size": 4},
-        "train": {"max_length": 256, "max_prompt_length": 200},
-    }
-    path = tmp_path / "config.yaml"
-    import yaml
-
-    path.write_text(yaml.safe_dump(base))
-    return loop.load_config(path, [f"{k}={v}" for k, v in overrides.items()])
 
 
 @pytest.fixture(scope="module")

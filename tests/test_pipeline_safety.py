@@ -17,28 +17,12 @@ import yaml
 
 from sppo_lite import cli, generation, loop
 from sppo_lite.loop import stages
+from shared import PROMPTS, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
-PROMPTS = str(ROOT / "data" / "prompts.jsonl")
 QUIET = dict(log=lambda *_: None)
 TRAIN = {"train.beta": 0.1, "train.learning_rate": 0.01, "train.optim": "adamw_torch", "train.bf16": False,
          "train.gradient_checkpointing": False, "train.lora_r": 4, "train.per_device_train_batch_size": 3}
-
-
-def tiny_config(tmp_path, **overrides):
-    """Tiny policy, length judge, 6 prompts: generate/judge/build in seconds."""
-    base = {
-        "seed": 3, "iterations": 1,
-        "policy": {"model": "tiny", "device": "cpu"},
-        "prompts": {"source": PROMPTS, "n_prompts": 6},
-        "generation": {"k": 3, "max_new_tokens": 6, "batch_size": 4, "shard_size": 2},
-        "judge": {"type": "length", "device": "cpu", "shard_size": 2},
-        "build": {"ref_batch_size": 4},
-        "train": {"max_length": 256, "max_prompt_length": 200},
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(base))
-    return loop.load_config(path, [f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in overrides.items()])
 
 
 def three(config, out):

@@ -12,14 +12,8 @@ from sppo_lite.losses import LOSSES
 from sppo_lite.modeling import build_tiny_model, load_policy, save_tiny_policy
 from sppo_lite.trainer import SPPOConfig, SPPOTrainer, required_columns, train_sppo
 
-BETA = 0.1
-PROMPTS = ["What is 2 + 3?", "Give me three colours.", "How many legs does a spider have?",
-           "Translate 'thank you' into French."]
-RESPONSES = [["2 + 3 = 5.", "It is six.", "I am sorry, but I cannot help with that request."],
-             ["Red, green and blue.", "Blue.", "Numbers: 0 1 2"],
-             ["A spider has eight legs.", "Eight.", "The quick brown fox."],
-             ["Merci.", "Thank you.", "Sure! Here is a step-by-step explanation."]]
-SCORES = [[2.0, 0.0, -2.0], [1.0, 0.5, -1.5], [3.0, -1.0, 0.0], [0.5, 1.0, -2.0]]
+from shared import BETA, RESPONSES, SCORES
+from shared import PROMPTS_4 as PROMPTS
 
 
 @pytest.fixture(scope="module")
