@@ -645,7 +645,8 @@ def run_all(config: dict, output_dir, force=(), iterations=None, log=print) -> R
     quiet_datasets()
     run = Run(config, output_dir, log)
     run.output_dir.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(run.output_dir / "config.json", config)
+    if _rank_world()[0] == 0:  # one writer: every rank renaming the same temporary file races
+        _write_json_atomic(run.output_dir / "config.json", config)
     for t in range(1, (iterations or config["iterations"]) + 1):
         run_iteration(run, t, force=force)
     return run
