@@ -35,7 +35,7 @@ from sppo_lite.losses import (LOSSES, dpo_loss, ipo_loss, sppo_hard_loss, sppo_l
                               sppo_single_loss)
 
 __all__ = ["REFERENCES", "SPPOConfig", "SPPOCollator", "SPPOTrainer", "required_columns", "train_sppo",
-           "train_and_merge"]
+           "train_and_merge", "last_complete_checkpoint"]
 
 REFERENCES = ("precomputed", "on_the_fly")
 # Win-probability columns each loss reads from pair rows (sppo_hard, dpo, ipo read none).
@@ -301,10 +301,8 @@ def train_and_merge(policy_path, dataset_path, output_dir, checkpoint_dir, mode:
     """
     from datasets import Dataset
     from transformers import set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     from sppo_lite.modeling import load_policy
-
     gradient_checkpointing = config.pop("gradient_checkpointing", False)
     on_gpu = torch.cuda.is_available()
     # The arguments come first: under DeepSpeed ZeRO-3 they switch from_pretrained to sharded loading
@@ -319,7 +317,7 @@ def train_and_merge(policy_path, dataset_path, output_dir, checkpoint_dir, mode:
     model.train()
     dataset = Dataset.from_parquet(str(dataset_path))
     trainer = SPPOTrainer(model, args, train_dataset=dataset, processing_class=tokenizer)
-    last = get_last_checkpoint(str(checkpoint_dir)) if Path(checkpoint_dir).is_dir() else None
+    last = last_complete_checkpoint(checkpoint_dir)
     metrics = trainer.train(resume_from_checkpoint=last).metrics
     history = trainer.state.log_history
 
@@ -331,7 +329,36 @@ def train_and_merge(policy_path, dataset_path, output_dir, checkpoint_dir, mode:
                        Path(checkpoint_dir) / "adapter", output_dir)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(output_dir))
+    if trainer.is_deepspeed_enabled:
+        _leave_zero3()
     return metrics, history
+
+
+def _leave_zero3() -> None:
+    """After a DeepSpeed run, from_pretrained in this process loads whole models again.
+
+    The TrainingArguments of a ZeRO-3 run switch from_pretrained to partitioned loading (zero.Init) for
+    as long as their DeepSpeed config lives, and accelerate's state keeps it alive: the next iteration's
+    generation, in the same launch, would load π_{t+1} as empty shards.
+    """
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+
+
+def last_complete_checkpoint(checkpoint_dir) -> str | None:
+    """The newest checkpoint-N folder that was written to the end, or None.
+
+    The Trainer writes trainer_state.json after the weights, optimizer (a DeepSpeed / FSDP checkpoint:
+    one shard per process), scheduler and RNG states, and only then deletes the older checkpoint: a
+    process killed while saving leaves an incomplete newest folder next to a complete older one.
+    """
+    folder = Path(checkpoint_dir)
+    if not folder.is_dir():
+        return None
+    done = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
+            and (p / "trainer_state.json").is_file()]
+    return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
 
 
 def _merge_adapter(model, policy_path, mode: str, adapter_dir: Path, output_dir: Path) -> None:
