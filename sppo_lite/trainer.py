@@ -30,6 +30,7 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
 
 from sppo_lite.data import encode_chat, pad_chat_batch, sequence_logps
+from sppo_lite.engines import fsdp_on_cpu
 from sppo_lite.modeling import keep_4bit_trainable
 from sppo_lite.losses import (LOSSES, dpo_loss, ipo_loss, sppo_hard_loss, sppo_loss, sppo_pair_loss,
                               sppo_single_loss)
@@ -151,6 +152,7 @@ class SPPOTrainer(Trainer):
         _check_reference(model, ref_model, args.reference)
         keep_4bit_trainable(model)
         collator = data_collator or SPPOCollator(processing_class, args.max_length, args.max_prompt_length)
+        fsdp_on_cpu()  # an FSDP launch without a GPU gets FSDP, not a silent DDP (sppo_lite.engines)
         super().__init__(model=model, args=args, data_collator=collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
         if ref_model is not None:
