@@ -86,9 +86,10 @@ def cmd_notebooks(args) -> int:
 
 def cmd_pipeline(args) -> int:
     """One stage of one iteration, or (iterate) every stage of every iteration; resumable."""
-    from sppo_lite import loop
+    from sppo_lite import loop, precision
 
     config = loop.load_config(args.config, args.set)
+    precision.check_precision(config)  # 16-bit weights that an lr this small cannot move: refused before any work
     t0 = time.time()
     if args.command == "iterate":
         run = loop.run_all(config, args.output_dir, force=tuple(args.force or ()), iterations=args.iterations)

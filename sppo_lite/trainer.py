@@ -305,6 +305,9 @@ def train_and_merge(policy_path, dataset_path, output_dir, checkpoint_dir, mode:
     from transformers import set_seed
 
     from sppo_lite.modeling import load_policy
+    from sppo_lite.precision import check_weight_precision
+
+    check_weight_precision(mode, dtype, float(config.get("learning_rate", SPPOConfig.learning_rate)), bf16)
     gradient_checkpointing = config.pop("gradient_checkpointing", False)
     on_gpu = torch.cuda.is_available()
     # The arguments come first: under DeepSpeed ZeRO-3 they switch from_pretrained to sharded loading
