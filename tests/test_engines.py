@@ -11,9 +11,10 @@ What differs from GPUs here: the device (DeepSpeed's CPU accelerator, which comp
 shared-memory communication op with g++ on first use), the gloo backend instead of NCCL, and for FSDP
 one step accelerate does not take on CPU (sppo_lite.engines.fsdp_on_cpu).
 
-Training uses plain SGD at lr 0.1: its step is proportional to the gradient, so a wrong average over
-the processes (a sum, a missing shard) would show in the weights; RMSprop / Adam normalise the step,
-would hide that, and turn the bf16 rounding of near-zero gradients into full-size sign flips.
+Training uses plain SGD at lr 0.1: its step is the gradient clipped to norm 1 (the Trainer's default,
+as in the recipe), so a process's share of the batch lost or counted twice, or a clipping norm taken
+per shard instead of over the whole model, would turn the step; RMSprop / Adam normalise every entry,
+which would hide much of that and turn the bf16 rounding of near-zero gradients into full-size sign flips.
 
 Tolerances, from the measured differences (2 vs 1 process, 8 SGD steps, bf16 compute on both sides,
 gradient checkpointing on as in the recipe):
@@ -22,8 +23,7 @@ gradient checkpointing on as in the recipe):
       at most one bf16 step (2.4e-4): rounding of the reduced gradients and of the saved weights.
     FSDP2 (fp32 sharded weights, bf16 compute, saved in fp32): first-step loss equal; train_loss 6.2e-3
       apart; the weights by 1.0 % of the update's norm.
-The tests allow 3-5x those (train_loss 5e-3 / 2e-2, weights 15 % / 3.5 %); a gradient summed instead of
-averaged over the processes would be off by 100 %.
+The tests allow 3-5x those (train_loss 5e-3 / 2e-2, weights 15 % / 3.5 %).
 """
 import json
 import os
