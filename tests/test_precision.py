@@ -183,6 +183,11 @@ def test_zero3_fp32_master_weights_move_bf16_weights_at_the_papers_lr(setup, tmp
     done = subprocess.run(argv, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
+    # TrainingArguments before the model: each process loaded empty parameter shells, ZeRO-3 then filled its shard.
+    full = sum(v.numel() for v in load_file(str(Path(policy) / "model.safetensors")).values())
+    for rank in (0, 1):
+        loaded = json.loads((tmp_path / "checkpoints" / f"loaded-rank{rank}.json").read_text())
+        assert loaded == {"held": 0, "whole": full}
     base = linear_weights(load_file(str(Path(policy) / "model.safetensors")))
     # ZeRO-3 trains bf16 weights (it loaded them sharded and cast them) ...
     saved = load_file(str(tmp_path / "model" / "model.safetensors"))
