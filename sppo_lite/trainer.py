@@ -325,6 +325,8 @@ def train_and_merge(policy_path, dataset_path, output_dir, checkpoint_dir, mode:
     last = last_complete_checkpoint(checkpoint_dir)
     metrics = trainer.train(resume_from_checkpoint=last).metrics
     history = trainer.state.log_history
+    if last is not None:  # the Trainer's train_loss counts only the steps run since the checkpoint
+        metrics["train_loss"] = _mean_logged_loss(history, metrics.get("train_loss"))
 
     output_dir = Path(output_dir)
     if mode == "full":
@@ -337,6 +339,17 @@ def train_and_merge(policy_path, dataset_path, output_dir, checkpoint_dir, mode:
     if trainer.is_deepspeed_enabled:
         _leave_zero3()
     return metrics, history
+
+
+def _mean_logged_loss(history: list[dict], default):
+    """The mean loss over every logged step of a resumed run (each logged loss covers the steps since the
+    previous log); steps after the last log are not in the history."""
+    total = previous = 0
+    for row in history:
+        if "loss" in row and "step" in row:
+            total += row["loss"] * (row["step"] - previous)
+            previous = row["step"]
+    return total / previous if previous else default
 
 
 def _leave_zero3() -> None:

@@ -214,3 +214,6 @@ def test_kill_during_zero3_training_resumes_from_its_checkpoint_to_the_same_weig
     # Bitwise the weights of the uninterrupted 2-process run: same data order, RNG, optimizer and ZeRO-3 shards.
     a, b = weights(out / "iter1" / "train" / "model"), weights(zero3 / "two" / "iter1" / "train" / "model")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # The manifest's train_loss covers all 8 steps, not only those run after the resume.
+    assert manifests(out)["train"]["counts"]["metrics"]["train_loss"] == pytest.approx(
+        manifests(zero3 / "two")["train"]["counts"]["metrics"]["train_loss"], rel=1e-6)
