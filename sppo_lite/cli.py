@@ -89,7 +89,8 @@ def cmd_pipeline(args) -> int:
     from sppo_lite import loop, precision
 
     config = loop.load_config(args.config, args.set)
-    precision.check_precision(config)  # 16-bit weights that an lr this small cannot move: refused before any work
+    if args.command in ("iterate", "train"):  # 16-bit weights this lr cannot move: refused before any work
+        precision.check_precision(config)
     t0 = time.time()
     if args.command == "iterate":
         run = loop.run_all(config, args.output_dir, force=tuple(args.force or ()), iterations=args.iterations)

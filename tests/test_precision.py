@@ -100,6 +100,9 @@ def test_cli_refuses_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "policy.dtype=float32" in err
     assert not out.exists()  # nothing generated, downloaded or written
+    # Stages that do not train are not held up by it (this one then fails on the model it cannot download).
+    main(["generate", "--config", str(PAPER), "--output-dir", str(out), "--set", "policy.dtype=bfloat16"])
+    assert "policy.dtype=float32" not in capsys.readouterr().err
 
 
 def test_train_and_merge_refuses_before_loading_anything(tmp_path):
