@@ -106,10 +106,12 @@ def cmd_notebooks(args) -> int:
 
 def cmd_pipeline(args) -> int:
     """One stage of one iteration, or (iterate) every stage of every iteration; resumable."""
-    from sppo_lite import loop
+    from sppo_lite import loop, precision
 
     config = loop.load_config(args.config, args.set)
     loop.check_prompt_source(config)
+    if args.command in ("iterate", "train"):  # 16-bit weights this lr cannot move: refused before any work
+        precision.check_precision(config)
     t0 = time.time()
     if args.command == "iterate":
         force = _stages_to_force(args.force)

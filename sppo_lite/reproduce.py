@@ -165,6 +165,9 @@ def run_pipeline(config: dict, run_dir, gpus: int = 1, accelerate_config=None, q
         log("$ " + shlex.join(["accelerate", "launch", *cmd[3:]]))
         _launch(cmd, log_file or run_dir / "pipeline.log", log)
         return resources
+    from .precision import check_precision
+
+    check_precision(config, engine="single")  # before any stage runs (trainer.train_and_merge checks again)
     loop.quiet_datasets()
     shown = sys.stdout  # the stages' own output may be redirected; their one-line reports are not
 

@@ -34,6 +34,7 @@ from transformers.trainer_callback import ExportableState
 
 from sppo_lite.data import (CHAT_COLUMNS, check_training_values, encode_chat, pad_chat_batch, sequence_logps,
                             to_full_chats)
+from sppo_lite.engines import fsdp_on_cpu
 from sppo_lite.modeling import keep_4bit_trainable
 from sppo_lite.losses import (LOSSES, dpo_loss, ipo_loss, sppo_hard_loss, sppo_loss, sppo_pair_loss,
                               sppo_single_loss)
@@ -240,6 +241,7 @@ class SPPOTrainer(Trainer):
         _check_reference(model, ref_model, args.reference, args.precompute_ref_log_probs)
         keep_4bit_trainable(model)
         collator = data_collator or SPPOCollator(processing_class, args.max_length, args.max_prompt_length)
+        fsdp_on_cpu()  # an FSDP launch without a GPU gets FSDP, not a silent DDP (sppo_lite.engines)
         super().__init__(model=model, args=args, data_collator=collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
         if args.precompute_ref_log_probs and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
@@ -480,7 +482,9 @@ def train_and_merge(policy_path, dataset_path, output_dir, checkpoint_dir, mode:
     from transformers import set_seed
 
     from sppo_lite.modeling import load_policy
+    from sppo_lite.precision import check_weight_precision
 
+    check_weight_precision(mode, dtype, float(config.get("learning_rate", SPPOConfig.learning_rate)), bf16)
     gradient_checkpointing = config.pop("gradient_checkpointing", False)
     on_gpu = torch.cuda.is_available()
     # The arguments come first: under DeepSpeed ZeRO-3 they switch from_pretrained to sharded loading
@@ -516,7 +520,21 @@ def train_and_merge(policy_path, dataset_path, output_dir, checkpoint_dir, mode:
                        Path(checkpoint_dir) / "adapter", output_dir)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(output_dir))
+    if trainer.is_deepspeed_enabled:
+        _leave_zero3()
     return metrics, history
+
+
+def _leave_zero3() -> None:
+    """After a DeepSpeed run, from_pretrained in this process loads whole models again.
+
+    The TrainingArguments of a ZeRO-3 run switch from_pretrained to partitioned loading (zero.Init) for
+    as long as their DeepSpeed config lives, and accelerate's state keeps it alive: the next iteration's
+    generation, in the same launch, would load π_{t+1} as empty shards.
+    """
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
 
 
 def _merge_adapter(model, policy_path, mode: str, adapter_dir: Path, output_dir: Path) -> None:

@@ -1,8 +1,7 @@
-"""Two processes (torchrun, gloo on CPU) run the same `sppo-lite iterate` command as one process.
-
-`accelerate launch --config_file configs/accelerate/ddp.yaml` starts GPU runs through the same
-torchrun machinery; on CPU accelerate has no multi-process launcher (it would need MPI), so the
-test calls torchrun directly.
+"""Two processes run the same `sppo-lite iterate` command as one process, launched as on GPUs:
+`accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 2` (its MULTI_GPU config
+starts the processes through torchrun; on CPU they train DDP over gloo). accelerate's own CPU
+multi-process launcher (`--cpu`) would need MPI; the GPU config does not. ZeRO-3 and FSDP: test_engines.
 """
 import json
 import os
@@ -44,7 +43,8 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(CONFIG))
     one = iterate([sys.executable], config, tmp_path / "one")
-    two = iterate([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"],
+    two = iterate([sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", "29517",
+                   "--config_file", str(REPO / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2"],
                   config, tmp_path / "two", "--set", "train.per_device_train_batch_size=2")
     # Generation, judging and the reference log-probs were sharded over the two processes, yet the data are identical.
     for stage in ("generate", "judge", "build"):
