@@ -37,6 +37,7 @@ import pytest
 import torch
 import yaml
 
+from sppo_lite import loop
 from sppo_lite.reproduce import accelerate_command
 
 REPO = Path(__file__).resolve().parent.parent
@@ -155,7 +156,7 @@ def check_two_match_one(root: Path, saved_dtype, loss_rtol: float, weight_rtol: 
     assert all(p.numel() > 0 for p in model.parameters())  # whole, not the empty shards of a ZeRO-3 load
     # ... that the second iteration, in the same launch, generated from and trained on.
     it2 = manifests(root / "two", t=2)
-    assert it2["generate"]["counts"]["policy"] == str(model_dir)
+    assert it2["generate"]["counts"]["policy"] == loop.content_hash(model_dir)  # π_2, by its content
     assert it2["train"]["counts"]["steps"] > 0
     c = weights(root / "two" / "iter2" / "train" / "model")
     assert norm({k: c[k] - b[k] for k in b}) > 0.05
