@@ -22,16 +22,12 @@ from sppo_lite.modeling import load_policy, save_tiny_policy
 from sppo_lite.precision import check_precision, check_weight_precision, half_spacing, smallest_step
 from sppo_lite.trainer import SPPOConfig, SPPOTrainer, train_and_merge
 
+from shared import RESPONSES, SCORES
+from shared import PROMPTS_4 as PROMPTS
+
 REPO = Path(__file__).resolve().parent.parent
 PAPER = REPO / "configs" / "full-8gpu-mistral7b.yaml"
 PAPER_LR = 5e-7
-PROMPTS = ["What is 2 + 3?", "Give me three colours.", "How many legs does a spider have?",
-           "Translate 'thank you' into French."]
-RESPONSES = [["2 + 3 = 5.", "It is six.", "I am sorry, but I cannot help with that request."],
-             ["Red, green and blue.", "Blue.", "Numbers: 0 1 2"],
-             ["A spider has eight legs.", "Eight.", "The quick brown fox."],
-             ["Merci.", "Thank you.", "Sure! Here is a step-by-step explanation."]]
-SCORES = [[2.0, 0.0, -2.0], [1.0, 0.5, -1.5], [3.0, -1.0, 0.0], [0.5, 1.0, -2.0]]
 STEPS = 8
 # RMSprop (the recipe's optimizer) at the paper's lr, constant, 8 steps of the 4 pairs.
 TRAIN = {"learning_rate": PAPER_LR, "optim": "rmsprop", "lr_scheduler_type": "constant", "beta": 0.1,
