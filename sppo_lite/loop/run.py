@@ -61,6 +61,7 @@ class Run:
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise ValueError(f"--output-dir {self.output_dir} is a file: give a folder (new or a run's)")
         self.lock = RunLock(self.output_dir)
+        self.prompt_cache: dict = {}  # iteration → (prompt ids, texts), read once per process
         if ranks()[0] != 0:  # one voice per launch: rank 0 reports
             self.log = lambda *_: None
 

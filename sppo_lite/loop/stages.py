@@ -74,10 +74,9 @@ def iteration_prompts(config: dict, t: int) -> tuple[list[int], list[str]]:
 
 
 def _prompts(run, t: int):
-    cache = run.__dict__.setdefault("_prompt_cache", {})
-    if t not in cache:
-        cache[t] = iteration_prompts(run.config, t)
-    return cache[t]
+    if t not in run.prompt_cache:
+        run.prompt_cache[t] = iteration_prompts(run.config, t)
+    return run.prompt_cache[t]
 
 
 # ---------------------------------------------------------------- shards
