@@ -8,6 +8,7 @@ multiplicative weights: π_{t+1}(s) ∝ π_t(s)·exp(η·P(s ≻ π_t)), η = 1/
 """
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 from pathlib import Path
@@ -17,7 +18,8 @@ import numpy as np
 from . import game
 
 __all__ = ["MARKERS", "BODIES", "style_response", "style_sft_chats", "build_lab_policy", "style_mix",
-           "lab_config", "style_payoff", "mix_trajectory", "run_arm", "samples", "win_rate_vs", "logratio_moves", "fit_effective_eta"]
+           "lab_config", "style_payoff", "mix_trajectory", "run_arm", "samples", "win_rate_vs", "logratio_moves", "fit_effective_eta",
+           "style_game_with_broken", "with_broken", "train_counts", "quiet_into"]
 
 MARKERS = ("Sure!", "Well,", "Briefly:")
 # Two bodies per style: the first says "good" (the judge's within-style quality), the second does not.
@@ -48,12 +50,32 @@ def style_sft_chats(prompts, mix, per_prompt: int = 8, good_fraction: float = 0.
 
 
 def build_lab_policy(path, prompts, mix=(0.6, 0.3, 0.1), per_prompt: int = 8, epochs: int = 8,
-                     learning_rate: float = 5e-3, batch_size: int = 32, seed: int = 0) -> str:
+                     learning_rate: float = 5e-3, batch_size: int = 32, seed: int = 0, log_file=None) -> str:
     """Tiny Mistral + tokenizer, SFT on style_sft_chats (loss on answer tokens only), saved to `path`.
 
     Uses transformers Trainer with DataCollatorForSeq2Seq (labels −100 on prompt and padding).
-    Does nothing if `path` already holds a finished policy.
+    Does nothing if `path` already holds a finished policy. With log_file, the Trainer's logs and the
+    libraries' messages go there (quiet_into) instead of the notebook.
     """
+    with quiet_into(log_file):
+        return _build_lab_policy(path, prompts, mix, per_prompt, epochs, learning_rate, batch_size, seed)
+
+
+@contextlib.contextmanager
+def quiet_into(log_file):
+    """Send stdout and stderr (Trainer logs, progress bars, library warnings) to log_file, appended.
+
+    None leaves them where they are. Nothing is dropped: the file keeps every line.
+    """
+    if log_file is None:
+        yield
+        return
+    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        yield
+
+
+def _build_lab_policy(path, prompts, mix, per_prompt, epochs, learning_rate, batch_size, seed) -> str:
     from datasets import Dataset
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
@@ -108,7 +130,12 @@ def style_payoff(style_matrix, quality_weight: float) -> np.ndarray:
 def lab_config(policy_path: str, prompts_path: str, method: str = "sppo", iterations: int = 6,
                n_prompts: int = 48, k: int = 8, beta: float = 0.125, learning_rate: float = 3e-3,
                epochs: int = 2, quality_weight: float = 0.2, seed: int = 0) -> dict:
-    """The loop config of one lab arm: SPPO (every sample, its own target) or iterative DPO (best vs worst)."""
+    """The loop config of one lab arm: SPPO (every sample, its own target) or iterative DPO (best vs worst).
+
+    Both arms take the same number of optimizer steps per iteration: SPPO trains n_prompts·k rows in
+    batches of 32, DPO n_prompts pairs in batches of max(1, 32 // k) (fewer when tied pairs are dropped;
+    train_counts reads what ran). The Trainer's progress display is off (disable_tqdm).
+    """
     from .loop import load_config
 
     if method not in ("sppo", "dpo"):
@@ -127,8 +154,9 @@ def lab_config(policy_path: str, prompts_path: str, method: str = "sppo", iterat
         "build": {"pair_mode": "all" if method == "sppo" else "best_worst", "ref_batch_size": 64},
         "train": {"loss_type": method, "beta": beta, "learning_rate": learning_rate, "optim": "adamw_torch",
                   "lr_scheduler_type": "constant", "warmup_steps": 0, "num_train_epochs": epochs,
-                  "per_device_train_batch_size": 32, "max_length": 256, "max_prompt_length": 192,
-                  "gradient_checkpointing": False, "bf16": False, "logging_steps": 1, "save_steps": 10_000},
+                  "per_device_train_batch_size": 32 if method == "sppo" else max(1, 32 // k), "max_length": 256, "max_prompt_length": 192,
+                  "gradient_checkpointing": False, "bf16": False, "logging_steps": 1, "save_steps": 10_000,
+                  "disable_tqdm": True},
     }
     return load_config(updates=overrides)
 
@@ -146,13 +174,49 @@ def mix_trajectory(run, iterations: int) -> tuple[np.ndarray, list[float]]:
     return np.array(mixes), unmarked
 
 
-def run_arm(config: dict, output_dir, log=print):
-    """Iterations 1..T of one arm through sppo_lite.loop, plus π_{T+1}'s samples to measure where it ended."""
+def run_arm(config: dict, output_dir, log=print, log_file=None):
+    """Iterations 1..T of one arm through sppo_lite.loop, plus the last model's samples to measure where it ended.
+
+    The loop's iteration t samples from, and trains, the policy the notebooks call π_{t−1} (π_0 is the SFT
+    model), so iter{t+1}/generate holds π_t's samples. With log_file, the stages' own output goes there.
+    """
     from .loop import generate_stage, run_all
 
-    run = run_all(config, output_dir, log=log)
-    generate_stage(run, config["iterations"] + 1)
+    with quiet_into(log_file):
+        run = run_all(config, output_dir, log=log)
+        generate_stage(run, config["iterations"] + 1)
     return run
+
+
+def train_counts(run, iterations: int) -> dict:
+    """Per iteration 1..T: training rows and optimizer steps that ran, from the build and train manifests."""
+    from .loop import read_manifest
+
+    rows = [read_manifest(run.stage_dir(t, "build"))["counts"]["rows"] for t in range(1, iterations + 1)]
+    steps = [read_manifest(run.stage_dir(t, "train"))["counts"]["steps"] for t in range(1, iterations + 1)]
+    return {"rows": rows, "steps": steps}
+
+
+def style_game_with_broken(style_matrix) -> np.ndarray:
+    """The style game with a 4th response, "no marker": it loses to every style (P = 0), as the judge scores it.
+
+    Its Nash is the style game's with zero weight on broken answers, so exploitability on this game is
+    exploitability on the styles plus what the broken share gives away.
+    """
+    S = game.validate_preference(style_matrix)
+    n = len(S)
+    out = np.full((n + 1, n + 1), 0.5)
+    out[:n, :n] = S
+    out[n, :n], out[:n, n] = 0.0, 1.0
+    return out
+
+
+def with_broken(mixes, unmarked) -> np.ndarray:
+    """Rows (π_t(style) over all answers..., share unmarked): the style mixes (among marked answers) scaled
+    by the marked share, with the unmarked share appended; policies of style_game_with_broken."""
+    mixes = np.atleast_2d(np.asarray(mixes, dtype=float))
+    u = np.asarray(unmarked, dtype=float).reshape(-1, 1)
+    return np.hstack([np.nan_to_num(mixes) * (1 - u), u])
 
 
 def samples(run, t: int) -> tuple[list[str], list[list[str]]]:

@@ -73,3 +73,25 @@ def test_notebook_03_smoke(tmp_path):
     assert all(0 <= v <= 100 for v in s["sppo_win_rate_vs_start"] + s["dpo_win_rate_vs_start"])
     for name in ("style_mix_and_exploitability", "win_rate_vs_start", "logratio_moves"):
         assert (tmp_path / path.stem / f"{name}.png").exists()
+
+
+def test_broken_answers_count_in_exploitability():
+    G = lab.style_game_with_broken(game.weighted_cycle())
+    assert G.shape == (4, 4) and G[3, :3].tolist() == [0, 0, 0] and G[:3, 3].tolist() == [1, 1, 1]
+    np.testing.assert_allclose(game.nash_equilibrium(G)[:3], game.nash_equilibrium(game.weighted_cycle()), atol=1e-8)
+    nash = game.nash_equilibrium(game.weighted_cycle())
+    pi = lab.with_broken([nash], [0.5])[0]
+    np.testing.assert_allclose(pi, [*(nash / 2), 0.5])
+    # half the answers broken: every style wins ½ against the marked half and 1 against the broken half
+    assert game.exploitability(G, pi) == pytest.approx(0.5 * 0.5 + 0.5 * 1 - 0.5)
+    assert game.exploitability(G, lab.with_broken([nash], [0.0])[0]) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_dpo_arm_takes_as_many_optimizer_steps_as_sppo():
+    for k in (4, 8):
+        sppo = lab.lab_config("policy", "prompts.jsonl", "sppo", n_prompts=32, k=k)
+        dpo = lab.lab_config("policy", "prompts.jsonl", "dpo", n_prompts=32, k=k)
+        sppo_steps = 32 * k // sppo["train"]["per_device_train_batch_size"]
+        dpo_steps = 32 // dpo["train"]["per_device_train_batch_size"]
+        assert sppo_steps == dpo_steps
+        assert sppo["train"]["disable_tqdm"] and dpo["train"]["disable_tqdm"]
