@@ -19,7 +19,7 @@ from . import game
 
 __all__ = ["MARKERS", "BODIES", "style_response", "style_sft_chats", "build_lab_policy", "style_mix",
            "lab_config", "style_payoff", "mix_trajectory", "run_arm", "samples", "win_rate_vs", "logratio_moves", "fit_effective_eta",
-           "style_game_with_broken", "with_broken", "train_counts", "quiet_into"]
+           "style_game_with_broken", "with_broken", "train_counts", "quiet_into", "style_lows"]
 
 MARKERS = ("Sure!", "Well,", "Briefly:")
 # Two bodies per style: the first says "good" (the judge's within-style quality), the second does not.
@@ -242,7 +242,8 @@ def win_rate_vs(judge, run_a, t_a: int, run_b, t_b: int, n_boot: int = 1000) -> 
 def logratio_moves(run, t: int) -> dict:
     """Δ = log π_{t+1}(y) − log π_t(y) of iteration t's trained responses, beside their win rates.
 
-    SPPO rows (one per response): {"win_prob", "delta"}; pair rows (DPO): {"delta_chosen",
+    SPPO rows (one per response): {"win_prob", "delta", "style" (marker index, −1 for none), "good"
+    (says "good"), "text"}; pair rows (DPO): {"delta_chosen",
     "delta_rejected", "win_chosen", "win_rejected"}.
     """
     from datasets import Dataset
@@ -257,8 +258,14 @@ def logratio_moves(run, t: int) -> dict:
     after = add_reference_logps(ds.remove_columns(ref_cols), model, tokenizer, batch_size=64,
                                 max_length=tr["max_length"], max_prompt_length=tr["max_prompt_length"])
     if "ref_response_logps" in ref_cols:
+        from .judges import CyclicStyleJudge
+
+        texts = [chat[-1]["content"] for chat in ds["response"]]
+        style = CyclicStyleJudge(MARKERS).style
         return {"win_prob": np.array(ds["win_prob"]),
-                "delta": np.array(after["ref_response_logps"]) - np.array(ds["ref_response_logps"])}
+                "delta": np.array(after["ref_response_logps"]) - np.array(ds["ref_response_logps"]),
+                "style": np.array([-1 if (k := style(x)) is None else k for x in texts]),
+                "good": np.array(["good" in x.split() for x in texts]), "text": texts}
     return {"win_chosen": np.array(ds["chosen_probs_win"]), "win_rejected": np.array(ds["chosen_probs_lose"]),
             "delta_chosen": np.array(after["ref_chosen_logps"]) - np.array(ds["ref_chosen_logps"]),
             "delta_rejected": np.array(after["ref_rejected_logps"]) - np.array(ds["ref_rejected_logps"])}
@@ -275,3 +282,18 @@ def fit_effective_eta(mixes, payoff, etas=None) -> tuple[float, np.ndarray]:
     errors = [np.sum((game.sppo_dynamics(payoff, e, len(mixes) - 1, pi0=mixes[0]) - mixes) ** 2) for e in etas]
     best = float(etas[int(np.argmin(errors))])
     return best, game.sppo_dynamics(payoff, best, len(mixes) - 1, pi0=mixes[0])
+
+
+
+def style_lows(mixes, markers=MARKERS) -> list[dict]:
+    """For each style: its lowest share over the iterations, when, and the most it regained afterwards.
+
+    A style whose share reaches 0 is no longer sampled, so nothing can show that it would now win: the
+    language-model version of a frozen multiplicative-weights policy (game.freeze_step).
+    """
+    mixes = np.asarray(mixes, dtype=float)
+    out = []
+    for k, marker in enumerate(markers):
+        t = int(np.argmin(mixes[:, k]))
+        out.append({"style": marker, "low": float(mixes[t, k]), "at": t, "regained": float(mixes[t:, k].max())})
+    return out

@@ -69,7 +69,10 @@ def test_notebook_03_smoke(tmp_path):
         assert len(s[key]) == 3, key
     # Both arms start from the same SFT policy and its same samples.
     assert s["sppo_mixes"][0] == s["dpo_mixes"][0]
-    assert s["sppo_exploitability"][0] == pytest.approx(s["exact_exploitability"][0])
+    assert s["sppo_mixes"][0] == pytest.approx(s["exact_mixes"][0])   # the exact prediction starts where the LM does
+    # broken answers count: the LM's start is at least as exploitable as the exact start with none
+    assert s["sppo_exploitability"][0] >= s["exact_exploitability"][0] - 1e-12
+    assert sum(s["optimizer_steps"]["SPPO"]) >= sum(s["optimizer_steps"]["DPO"]) > 0
     assert all(0 <= v <= 100 for v in s["sppo_win_rate_vs_start"] + s["dpo_win_rate_vs_start"])
     for name in ("style_mix_and_exploitability", "win_rate_vs_start", "logratio_moves"):
         assert (tmp_path / path.stem / f"{name}.png").exists()
@@ -95,3 +98,12 @@ def test_dpo_arm_takes_as_many_optimizer_steps_as_sppo():
         dpo_steps = 32 // dpo["train"]["per_device_train_batch_size"]
         assert sppo_steps == dpo_steps
         assert sppo["train"]["disable_tqdm"] and dpo["train"]["disable_tqdm"]
+
+
+def test_style_lows_by_hand():
+    mixes = [[0.6, 0.3, 0.1], [0.8, 0.0, 0.2], [0.5, 0.1, 0.4], [0.2, 0.05, 0.75]]
+    lows = lab.style_lows(mixes)
+    assert [d["style"] for d in lows] == list(lab.MARKERS)
+    assert lows[1] == {"style": "Well,", "low": 0.0, "at": 1, "regained": 0.1}
+    assert lows[0]["at"] == 3 and lows[0]["regained"] == 0.2
+    assert lows[2] == {"style": "Briefly:", "low": 0.1, "at": 0, "regained": 0.75}
