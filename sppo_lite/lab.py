@@ -19,7 +19,8 @@ from . import game
 
 __all__ = ["MARKERS", "BODIES", "style_response", "style_sft_chats", "build_lab_policy", "style_mix",
            "lab_config", "style_payoff", "mix_trajectory", "run_arm", "samples", "win_rate_vs", "logratio_moves", "fit_effective_eta",
-           "style_game_with_broken", "with_broken", "train_counts", "quiet_into", "style_lows"]
+           "style_game_with_broken", "with_broken", "train_counts", "quiet_into", "style_lows",
+           "sft_seconds"]
 
 MARKERS = ("Sure!", "Well,", "Briefly:")
 # Two bodies per style: the first says "good" (the judge's within-style quality), the second does not.
@@ -82,9 +83,13 @@ def _build_lab_policy(path, prompts, mix, per_prompt, epochs, learning_rate, bat
     from .data import encode_chat
     from .modeling import build_tiny_model, build_tiny_tokenizer
 
+    import json
+    import time
+
     path = Path(path)
     if (path / ".complete").exists():
         return str(path)
+    t0 = time.time()
     chats = style_sft_chats(prompts, mix, per_prompt=per_prompt, seed=seed)
     tokenizer = build_tiny_tokenizer([m["content"] for chat in chats[:: per_prompt] for m in chat]
                                      + [style_response(s, g) for s in range(3) for g in (True, False)])
@@ -106,7 +111,7 @@ def _build_lab_policy(path, prompts, mix, per_prompt, epochs, learning_rate, bat
             data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)).train()
     model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
-    (path / ".complete").write_text("")
+    (path / ".complete").write_text(json.dumps({"elapsed_s": round(time.time() - t0, 1)}))
     shutil.rmtree(args.output_dir, ignore_errors=True)  # nothing is saved there (save_strategy "no")
     return str(path)
 
@@ -189,12 +194,26 @@ def run_arm(config: dict, output_dir, log=print, log_file=None):
 
 
 def train_counts(run, iterations: int) -> dict:
-    """Per iteration 1..T: training rows and optimizer steps that ran, from the build and train manifests."""
-    from .loop import read_manifest
+    """Per iteration 1..T: training rows and optimizer steps that ran, from the build and train manifests, and
+    the seconds the arm's stages took when they ran (all four stages of 1..T plus the last model's samples), so a
+    rerun that skips finished stages still reports what they cost."""
+    from .loop import STAGES, read_manifest
 
     rows = [read_manifest(run.stage_dir(t, "build"))["counts"]["rows"] for t in range(1, iterations + 1)]
     steps = [read_manifest(run.stage_dir(t, "train"))["counts"]["steps"] for t in range(1, iterations + 1)]
-    return {"rows": rows, "steps": steps}
+    seconds = sum(read_manifest(run.stage_dir(t, s))["elapsed_s"] for t in range(1, iterations + 1) for s in STAGES)
+    seconds += read_manifest(run.stage_dir(iterations + 1, "generate"))["elapsed_s"]
+    return {"rows": rows, "steps": steps, "seconds": round(seconds, 1)}
+
+
+def sft_seconds(path) -> float | None:
+    """Seconds the SFT of build_lab_policy took when it ran (None for a policy saved without the record)."""
+    import json
+
+    try:
+        return json.loads((Path(path) / ".complete").read_text())["elapsed_s"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def style_game_with_broken(style_matrix) -> np.ndarray:

@@ -107,3 +107,11 @@ def test_style_lows_by_hand():
     assert lows[1] == {"style": "Well,", "low": 0.0, "at": 1, "regained": 0.1}
     assert lows[0]["at"] == 3 and lows[0]["regained"] == 0.2
     assert lows[2] == {"style": "Briefly:", "low": 0.1, "at": 0, "regained": 0.75}
+
+
+def test_sft_seconds_reads_the_record(tmp_path):
+    (tmp_path / ".complete").write_text('{"elapsed_s": 12.5}')
+    assert lab.sft_seconds(tmp_path) == 12.5
+    (tmp_path / ".complete").write_text("")  # a policy saved before the record existed
+    assert lab.sft_seconds(tmp_path) is None
+    assert lab.sft_seconds(tmp_path / "missing") is None
