@@ -258,10 +258,10 @@ def win_rate_vs(judge, run_a, t_a: int, run_b, t_b: int, n_boot: int = 1000) -> 
     return evaluate_against(judge, *map(list, zip(*flat)), n_boot=n_boot)
 
 
-def logratio_moves(run, t: int) -> dict:
+def logratio_moves(run, t: int, log_file=None) -> dict:
     """Δ = log π_{t+1}(y) − log π_t(y) of iteration t's trained responses, beside their win rates.
 
-    SPPO rows (one per response): {"win_prob", "delta", "style" (marker index, −1 for none), "good"
+    With log_file, the libraries' output while the model loads goes there. SPPO rows (one per response): {"win_prob", "delta", "style" (marker index, −1 for none), "good"
     (says "good"), "text"}; pair rows (DPO): {"delta_chosen",
     "delta_rejected", "win_chosen", "win_rejected"}.
     """
@@ -272,10 +272,11 @@ def logratio_moves(run, t: int) -> dict:
 
     ds = Dataset.from_parquet(str(run.stage_dir(t, "build") / "sppo.parquet"))
     ref_cols = [c for c in ds.column_names if c.startswith("ref_")]
-    model, tokenizer = load_policy(str(run.stage_dir(t, "train") / "model"))
     tr = run.config["train"]
-    after = add_reference_logps(ds.remove_columns(ref_cols), model, tokenizer, batch_size=64,
-                                max_length=tr["max_length"], max_prompt_length=tr["max_prompt_length"])
+    with quiet_into(log_file):  # loading a model prints the libraries' notices (accelerator detection, ...)
+        model, tokenizer = load_policy(str(run.stage_dir(t, "train") / "model"))
+        after = add_reference_logps(ds.remove_columns(ref_cols), model, tokenizer, batch_size=64,
+                                    max_length=tr["max_length"], max_prompt_length=tr["max_prompt_length"])
     if "ref_response_logps" in ref_cols:
         from .judges import CyclicStyleJudge
 
@@ -309,10 +310,14 @@ def style_lows(mixes, markers=MARKERS) -> list[dict]:
 
     A style whose share reaches 0 is no longer sampled, so nothing can show that it would now win: the
     language-model version of a frozen multiplicative-weights policy (game.freeze_step).
+    Iterations whose answers were all broken (no style, NaN rows of mix_trajectory) are skipped; a style with no
+    styled iteration at all is left out.
     """
     mixes = np.asarray(mixes, dtype=float)
     out = []
     for k, marker in enumerate(markers):
-        t = int(np.argmin(mixes[:, k]))
-        out.append({"style": marker, "low": float(mixes[t, k]), "at": t, "regained": float(mixes[t:, k].max())})
+        if np.all(np.isnan(mixes[:, k])):
+            continue
+        t = int(np.nanargmin(mixes[:, k]))
+        out.append({"style": marker, "low": float(mixes[t, k]), "at": t, "regained": float(np.nanmax(mixes[t:, k]))})
     return out

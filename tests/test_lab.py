@@ -115,3 +115,6 @@ def test_sft_seconds_reads_the_record(tmp_path):
     (tmp_path / ".complete").write_text("")  # a policy saved before the record existed
     assert lab.sft_seconds(tmp_path) is None
     assert lab.sft_seconds(tmp_path / "missing") is None
+    nan = float("nan")
+    lows = lab.style_lows([[0.6, 0.3, 0.1], [nan, nan, nan], [0.0, 0.5, 0.5]])  # iteration 1: every answer broken
+    assert lows[0] == {"style": "Sure!", "low": 0.0, "at": 2, "regained": 0.0}
