@@ -26,7 +26,7 @@ PALETTE = {
 }
 # Keywords in the order they are looked for: "exact SPPO" is exact, "iterative IPO" is IPO, not DPO.
 _KEYWORDS = (("exact", "exact"), ("Nash-MD", "Nash-MD"), ("IPO", "IPO"), ("DPO", "DPO"), ("BT", "BT"),
-             ("SPPO", "SPPO"), ("SFT", "SFT"))
+             ("Bradley", "BT"), ("SPPO", "SPPO"), ("SFT", "SFT"))
 
 
 def method_of(name: str) -> str | None:

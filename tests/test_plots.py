@@ -13,7 +13,8 @@ from sppo_lite import game, plots  # noqa: E402
 @pytest.mark.parametrize("name, method", [
     ("SPPO K = 5, average", "SPPO"), ("SPPO LM, last", "SPPO"), ("exact SPPO, last", "exact"),
     ("exact MW, average", "exact"), ("iterative DPO, last", "DPO"), ("iterative IPO, average", "IPO"),
-    ("Nash-MD (τ = 0.05), last", "Nash-MD"), ("BT-reward argmax", "BT"), ("Nash (LP)", None),
+    ("Nash-MD (τ = 0.05), last", "Nash-MD"), ("BT-reward argmax", "BT"), ("Bradley–Terry argmax", "BT"),
+    ("Nash (LP)", None),
 ])
 def test_names_map_to_one_method(name, method):
     assert plots.method_of(name) == method
