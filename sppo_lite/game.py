@@ -20,6 +20,7 @@ __all__ = [
     "win_probs", "exploitability", "exploitability_curve", "nash_equilibrium", "log_partition",
     "sppo_dynamics", "sppo_regression_step", "sampled_sppo_dynamics", "running_average",
     "iterative_dpo_dynamics", "fit_bradley_terry", "bradley_terry_argmax", "nash_md_dynamics",
+    "freeze_step", "loglog_slope", "seed_runs", "mean_ci", "eta_sweep",
 ]
 
 
@@ -244,23 +245,36 @@ def _noisy_judge(P, rng, noise):
     return np.clip(P + E - E.T, 0.0, 1.0)
 
 
-def _sample_win_rates(P, pi, K, rng, noise):
-    """K samples from π and P̂(y_k ≻ π) = (1/K) Σ_j P(y_k ≻ y_j), j = k included (official)."""
+def _sample_win_rates(P, pi, K, rng, noise, include_self=True):
+    """K samples from π and P̂(y_k ≻ π) = (1/K) Σ_j P(y_k ≻ y_j), j = k included (official),
+    or (1/(K−1)) Σ_{j≠k} P(y_k ≻ y_j) (unbiased) with include_self=False."""
     ys = rng.choice(len(pi), size=K, p=pi)
     J = _noisy_judge(P, rng, noise)
-    return ys, J[np.ix_(ys, ys)].mean(axis=1)
+    M = J[np.ix_(ys, ys)]
+    if include_self:
+        return ys, M.mean(axis=1)
+    return ys, (M.sum(axis=1) - np.diag(M)) / (K - 1)
 
 
 def sampled_sppo_dynamics(P, eta: float, steps: int, K: int = 5, pi0=None,
-                          judge_noise: float = 0.0, select: str = "all", seed: int = 0) -> np.ndarray:
+                          judge_noise: float = 0.0, select: str = "all", seed: int = 0,
+                          include_self: bool = True, prompts: int = 1) -> np.ndarray:
     """SPPO as run on language models, on a tabular policy: only *sampled* responses move.
 
     Each step draws K responses from π_t, estimates P̂(y_k ≻ π_t) from the K×K judge matrix,
     and solves the SPPO regression on the sample: log π_{t+1}(y_k) = log π_t(y_k) + η(P̂_k − 1/2)
     (duplicates averaged), others unchanged, then renormalises. select="best_worst" trains only
-    on argmax/argmin of P̂ as the official pipeline does. Returns (steps+1, n).
+    on argmax/argmin of P̂ as the official pipeline does.
+
+    include_self=True is the official estimator (j = k contributes ½). Since
+    P̂_incl − ½ = (K−1)/K · (P̂_excl − ½) sample by sample, it is the unbiased estimator (j ≠ k)
+    run at the smaller step η·(K−1)/K. prompts > 1 draws that many independent groups of K
+    per step (a language-model iteration over several prompts of one task): P̂ is computed
+    within each group and every sampled response's move averages over all groups. Returns (steps+1, n).
     """
     P = validate_preference(P)
+    if prompts < 1:
+        raise ValueError(f"prompts must be at least 1, got {prompts}")
     if K < 2:
         raise ValueError(f"K must be at least 2 (a response needs opponents), got {K}")
     if select not in ("all", "best_worst"):
@@ -268,10 +282,15 @@ def sampled_sppo_dynamics(P, eta: float, steps: int, K: int = 5, pi0=None,
     rng = np.random.default_rng(seed)
 
     def step(logp, pi):
-        ys, phat = _sample_win_rates(P, pi, K, rng, judge_noise)
-        if select == "best_worst":
-            keep = [int(np.argmax(phat)), int(np.argmin(phat))]
-            ys, phat = ys[keep], phat[keep]
+        all_ys, all_phat = [], []
+        for _ in range(prompts):
+            ys, phat = _sample_win_rates(P, pi, K, rng, judge_noise, include_self)
+            if select == "best_worst":
+                keep = [int(np.argmax(phat)), int(np.argmin(phat))]
+                ys, phat = ys[keep], phat[keep]
+            all_ys.append(ys)
+            all_phat.append(phat)
+        ys, phat = np.concatenate(all_ys), np.concatenate(all_phat)
         counts = np.bincount(ys, minlength=len(logp))
         return logp + eta * np.bincount(ys, weights=phat - 0.5, minlength=len(logp)) / np.maximum(counts, 1)
 
@@ -360,3 +379,82 @@ def nash_md_dynamics(P, eta: float, steps: int, tau: float, pi_ref=None, pi0=Non
         return log_mix + eta * (P @ np.exp(log_mix))
 
     return _trajectory(P, pi0, steps, step)
+
+
+# ---------------------------------------------------------------- reading many runs
+
+def freeze_step(traj, threshold: float = 0.99) -> int | None:
+    """The step from which the policy stays frozen on one response (max π > threshold on that same
+    response until the end), or None when the last row is not frozen.
+
+    A frozen policy loses exploration: with sampled win rates all K samples are the same response,
+    every P̂ is ½ and the update vanishes, so it stays there.
+    """
+    traj = np.asarray(traj, dtype=float)
+    top = traj.argmax(axis=1)
+    frozen = (traj.max(axis=1) > threshold) & (top == top[-1])
+    if not frozen[-1]:
+        return None
+    t = len(traj) - 1
+    while t > 0 and frozen[t - 1]:
+        t -= 1
+    return int(t)
+
+
+def loglog_slope(curve, t0: int, t1: int) -> float:
+    """Least-squares slope of log curve[t] against log t for t0 ≤ t ≤ t1 (−1 for a 1/t curve)."""
+    if not 1 <= t0 < t1 < len(curve):
+        raise ValueError(f"need 1 <= t0 < t1 < {len(curve)}, got t0={t0}, t1={t1}")
+    t = np.arange(t0, t1 + 1)
+    v = np.asarray(curve, dtype=float)[t0:t1 + 1]
+    if np.any(v <= 0):
+        raise ValueError("loglog_slope needs a positive curve")
+    return float(np.polyfit(np.log(t), np.log(v), 1)[0])
+
+
+def seed_runs(dynamics, seeds) -> np.ndarray:
+    """Stack dynamics(seed=s) for every seed s: an array (len(seeds), steps+1, n)."""
+    return np.stack([np.asarray(dynamics(seed=int(s)), dtype=float) for s in seeds])
+
+
+def mean_ci(values, axis: int = 0, z: float = 1.96):
+    """(mean, low, high): the mean over `axis` with a normal 95 % interval, mean ± z·sd/√n."""
+    values = np.asarray(values, dtype=float)
+    n = values.shape[axis]
+    mean = values.mean(axis=axis)
+    half = z * values.std(axis=axis, ddof=1) / np.sqrt(n) if n > 1 else np.zeros_like(mean)
+    return mean, mean - half, mean + half
+
+
+def eta_sweep(P, etas, steps: int, pi0=None, K: int = 5, seeds=range(8), prompts: int = 1,
+              include_self: bool = True, threshold: float = 0.99) -> dict:
+    """Exact and sampled SPPO at every η: exploitability of the final average and last iterate, and how
+    many sampled runs end frozen on one response (freeze_step). Arrays are indexed like `etas`:
+
+    exact_avg, exact_last : (E,)          the exact dynamics
+    sampled_avg, sampled_last : (E, S)    every seed of the sampled dynamics
+    frozen : (E, S) bool                  the sampled run ends frozen (max π > threshold)
+    avg_ratio : (E, S)                    sampled average's exploitability at the end / at the start
+    avg_falling : (E, S) bool             the sampled average's exploitability falls over the last step
+    """
+    P = validate_preference(P)
+    etas = np.asarray(etas, dtype=float)
+    seeds = list(seeds)
+    out = {"etas": etas, "exact_avg": np.empty(len(etas)), "exact_last": np.empty(len(etas))}
+    for key in ("sampled_avg", "sampled_last", "avg_ratio"):
+        out[key] = np.empty((len(etas), len(seeds)))
+    out["frozen"] = np.zeros((len(etas), len(seeds)), dtype=bool)
+    out["avg_falling"] = np.zeros((len(etas), len(seeds)), dtype=bool)
+    for i, eta in enumerate(etas):
+        exact = sppo_dynamics(P, eta, steps, pi0=pi0)
+        out["exact_avg"][i] = exploitability(P, running_average(exact)[-1])
+        out["exact_last"][i] = exploitability(P, exact[-1])
+        for j, s in enumerate(seeds):
+            tr = sampled_sppo_dynamics(P, eta, steps, K=K, pi0=pi0, seed=s, prompts=prompts,
+                                       include_self=include_self)
+            avg = exploitability_curve(P, running_average(tr))
+            out["sampled_avg"][i, j], out["sampled_last"][i, j] = avg[-1], exploitability(P, tr[-1])
+            out["avg_ratio"][i, j] = avg[-1] / avg[0]
+            out["avg_falling"][i, j] = avg[-1] < avg[-2]
+            out["frozen"][i, j] = freeze_step(tr, threshold) is not None
+    return out

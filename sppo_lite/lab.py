@@ -8,6 +8,7 @@ multiplicative weights: π_{t+1}(s) ∝ π_t(s)·exp(η·P(s ≻ π_t)), η = 1/
 """
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 from pathlib import Path
@@ -17,7 +18,9 @@ import numpy as np
 from . import game
 
 __all__ = ["MARKERS", "BODIES", "style_response", "style_sft_chats", "sft", "build_lab_policy", "style_mix",
-           "lab_config", "style_payoff", "mix_trajectory", "run_arm", "samples", "win_rate_vs", "logratio_moves", "fit_effective_eta"]
+           "lab_config", "style_payoff", "mix_trajectory", "run_arm", "samples", "win_rate_vs", "logratio_moves",
+           "fit_effective_eta", "style_game_with_broken", "with_broken", "train_counts", "quiet_into", "style_lows",
+           "sft_seconds"]
 
 MARKERS = ("Sure!", "Well,", "Briefly:")
 # Two bodies per style: the first says "good" (the judge's within-style quality), the second does not.
@@ -77,16 +80,40 @@ def sft(model, tokenizer, chats, output_dir, max_length: int = 256, max_prompt_l
 
 
 def build_lab_policy(path, prompts, mix=(0.6, 0.3, 0.1), per_prompt: int = 8, epochs: int = 8,
-                     learning_rate: float = 5e-3, batch_size: int = 32, seed: int = 0) -> str:
+                     learning_rate: float = 5e-3, batch_size: int = 32, seed: int = 0, log_file=None) -> str:
     """Tiny Mistral + tokenizer, SFT on style_sft_chats (loss on answer tokens only), saved to `path`.
 
-    Does nothing if `path` already holds a finished policy.
+    Does nothing if `path` already holds a finished policy. With log_file, the Trainer's logs and the
+    libraries' messages go there (quiet_into) instead of the notebook.
     """
+    with quiet_into(log_file):
+        return _build_lab_policy(path, prompts, mix, per_prompt, epochs, learning_rate, batch_size, seed)
+
+
+@contextlib.contextmanager
+def quiet_into(log_file):
+    """Send stdout and stderr (Trainer logs, progress bars, library warnings) to log_file, appended.
+
+    None leaves them where they are. Nothing is dropped: the file keeps every line.
+    """
+    if log_file is None:
+        yield
+        return
+    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        yield
+
+
+def _build_lab_policy(path, prompts, mix, per_prompt, epochs, learning_rate, batch_size, seed) -> str:
     from .modeling import build_tiny_model, build_tiny_tokenizer
+
+    import json
+    import time
 
     path = Path(path)
     if (path / ".complete").exists():
         return str(path)
+    t0 = time.time()
     chats = style_sft_chats(prompts, mix, per_prompt=per_prompt, seed=seed)
     tokenizer = build_tiny_tokenizer([m["content"] for chat in chats[:: per_prompt] for m in chat]
                                      + [style_response(s, g) for s in range(3) for g in (True, False)])
@@ -97,7 +124,7 @@ def build_lab_policy(path, prompts, mix=(0.6, 0.3, 0.1), per_prompt: int = 8, ep
         lr_scheduler_type="cosine", warmup_steps=0.1, seed=seed, logging_steps=10)
     model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
-    (path / ".complete").write_text("")
+    (path / ".complete").write_text(json.dumps({"elapsed_s": round(time.time() - t0, 1)}))
     return str(path)
 
 
@@ -120,7 +147,12 @@ def style_payoff(style_matrix, quality_weight: float) -> np.ndarray:
 def lab_config(policy_path: str, prompts_path: str, method: str = "sppo", iterations: int = 6,
                n_prompts: int = 48, k: int = 8, beta: float = 0.125, learning_rate: float = 3e-3,
                epochs: int = 2, quality_weight: float = 0.2, seed: int = 0) -> dict:
-    """The loop config of one lab arm: SPPO (every sample, its own target) or iterative DPO (best vs worst)."""
+    """The loop config of one lab arm: SPPO (every sample, its own target) or iterative DPO (best vs worst).
+
+    Both arms take the same number of optimizer steps per iteration: SPPO trains n_prompts·k rows in
+    batches of 32, DPO n_prompts pairs in batches of max(1, 32 // k) (fewer when tied pairs are dropped;
+    train_counts reads what ran). The Trainer's progress display is off (disable_tqdm).
+    """
     from .loop import load_config
 
     if method not in ("sppo", "dpo"):
@@ -139,8 +171,9 @@ def lab_config(policy_path: str, prompts_path: str, method: str = "sppo", iterat
         "build": {"pair_mode": "all" if method == "sppo" else "best_worst", "ref_batch_size": 64},
         "train": {"loss_type": method, "beta": beta, "learning_rate": learning_rate, "optim": "adamw_torch",
                   "lr_scheduler_type": "constant", "warmup_steps": 0, "num_train_epochs": epochs,
-                  "per_device_train_batch_size": 32, "max_length": 256, "max_prompt_length": 192,
-                  "gradient_checkpointing": False, "bf16": False, "logging_steps": 1, "save_steps": 10_000},
+                  "per_device_train_batch_size": 32 if method == "sppo" else max(1, 32 // k), "max_length": 256, "max_prompt_length": 192,
+                  "gradient_checkpointing": False, "bf16": False, "logging_steps": 1, "save_steps": 10_000,
+                  "disable_tqdm": True},
     }
     return load_config(updates=overrides)
 
@@ -158,13 +191,63 @@ def mix_trajectory(run, iterations: int) -> tuple[np.ndarray, list[float]]:
     return np.array(mixes), unmarked
 
 
-def run_arm(config: dict, output_dir, log=print):
-    """Iterations 1..T of one arm through sppo_lite.loop, plus π_{T+1}'s samples to measure where it ended."""
+def run_arm(config: dict, output_dir, log=print, log_file=None):
+    """Iterations 1..T of one arm through sppo_lite.loop, plus the last model's samples to measure where it ended.
+
+    The loop's iteration t samples from, and trains, the policy the notebooks call π_{t−1} (π_0 is the SFT
+    model), so iter{t+1}/generate holds π_t's samples. With log_file, the stages' own output goes there.
+    """
     from .loop import generate_stage, run_all
 
-    run = run_all(config, output_dir, log=log)
-    generate_stage(run, config["iterations"] + 1)
+    with quiet_into(log_file):
+        run = run_all(config, output_dir, log=log)
+        generate_stage(run, config["iterations"] + 1)
     return run
+
+
+def train_counts(run, iterations: int) -> dict:
+    """Per iteration 1..T: training rows and optimizer steps that ran, from the build and train manifests, and
+    the seconds the arm's stages took when they ran (all four stages of 1..T plus the last model's samples), so a
+    rerun that skips finished stages still reports what they cost."""
+    from .loop import STAGES, read_manifest
+
+    rows = [read_manifest(run.stage_dir(t, "build"))["counts"]["rows"] for t in range(1, iterations + 1)]
+    steps = [read_manifest(run.stage_dir(t, "train"))["counts"]["steps"] for t in range(1, iterations + 1)]
+    seconds = sum(read_manifest(run.stage_dir(t, s))["elapsed_s"] for t in range(1, iterations + 1) for s in STAGES)
+    seconds += read_manifest(run.stage_dir(iterations + 1, "generate"))["elapsed_s"]
+    return {"rows": rows, "steps": steps, "seconds": round(seconds, 1)}
+
+
+def sft_seconds(path) -> float | None:
+    """Seconds the SFT of build_lab_policy took when it ran (None for a policy saved without the record)."""
+    import json
+
+    try:
+        return json.loads((Path(path) / ".complete").read_text())["elapsed_s"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def style_game_with_broken(style_matrix) -> np.ndarray:
+    """The style game with a 4th response, "no marker": it loses to every style (P = 0), as the judge scores it.
+
+    Its Nash is the style game's with zero weight on broken answers, so exploitability on this game is
+    exploitability on the styles plus what the broken share gives away.
+    """
+    S = game.validate_preference(style_matrix)
+    n = len(S)
+    out = np.full((n + 1, n + 1), 0.5)
+    out[:n, :n] = S
+    out[n, :n], out[:n, n] = 0.0, 1.0
+    return out
+
+
+def with_broken(mixes, unmarked) -> np.ndarray:
+    """Rows (π_t(style) over all answers..., share unmarked): the style mixes (among marked answers) scaled
+    by the marked share, with the unmarked share appended; policies of style_game_with_broken."""
+    mixes = np.atleast_2d(np.asarray(mixes, dtype=float))
+    u = np.asarray(unmarked, dtype=float).reshape(-1, 1)
+    return np.hstack([np.nan_to_num(mixes) * (1 - u), u])
 
 
 def samples(run, t: int) -> tuple[list[str], list[list[str]]]:
@@ -187,10 +270,11 @@ def win_rate_vs(judge, run_a, t_a: int, run_b, t_b: int, n_boot: int = 1000) -> 
     return evaluate_against(judge, *map(list, zip(*flat)), n_boot=n_boot)
 
 
-def logratio_moves(run, t: int) -> dict:
+def logratio_moves(run, t: int, log_file=None) -> dict:
     """Δ = log π_{t+1}(y) − log π_t(y) of iteration t's trained responses, beside their win rates.
 
-    SPPO rows (one per response): {"win_prob", "delta"}; pair rows (DPO): {"delta_chosen",
+    With log_file, the libraries' output while the model loads goes there. SPPO rows (one per response): {"win_prob", "delta", "style" (marker index, −1 for none), "good"
+    (says "good"), "text"}; pair rows (DPO): {"delta_chosen",
     "delta_rejected", "win_chosen", "win_rejected"}.
     """
     from datasets import Dataset
@@ -200,13 +284,20 @@ def logratio_moves(run, t: int) -> dict:
 
     ds = Dataset.from_parquet(str(run.stage_dir(t, "build") / "sppo.parquet"))
     ref_cols = [c for c in ds.column_names if c.startswith("ref_")]
-    model, tokenizer = load_policy(str(run.stage_dir(t, "train") / "model"))
     tr = run.config["train"]
-    after = add_reference_logps(ds.remove_columns(ref_cols), model, tokenizer, batch_size=64,
-                                max_length=tr["max_length"], max_prompt_length=tr["max_prompt_length"])
+    with quiet_into(log_file):  # loading a model prints the libraries' notices (accelerator detection, ...)
+        model, tokenizer = load_policy(str(run.stage_dir(t, "train") / "model"))
+        after = add_reference_logps(ds.remove_columns(ref_cols), model, tokenizer, batch_size=64,
+                                    max_length=tr["max_length"], max_prompt_length=tr["max_prompt_length"])
     if "ref_response_logps" in ref_cols:
+        from .judges import CyclicStyleJudge
+
+        texts = [chat[-1]["content"] for chat in ds["response"]]
+        style = CyclicStyleJudge(MARKERS).style
         return {"win_prob": np.array(ds["win_prob"]),
-                "delta": np.array(after["ref_response_logps"]) - np.array(ds["ref_response_logps"])}
+                "delta": np.array(after["ref_response_logps"]) - np.array(ds["ref_response_logps"]),
+                "style": np.array([-1 if (k := style(x)) is None else k for x in texts]),
+                "good": np.array(["good" in x.split() for x in texts]), "text": texts}
     return {"win_chosen": np.array(ds["chosen_probs_win"]), "win_rejected": np.array(ds["chosen_probs_lose"]),
             "delta_chosen": np.array(after["ref_chosen_logps"]) - np.array(ds["ref_chosen_logps"]),
             "delta_rejected": np.array(after["ref_rejected_logps"]) - np.array(ds["ref_rejected_logps"])}
@@ -223,3 +314,22 @@ def fit_effective_eta(mixes, payoff, etas=None) -> tuple[float, np.ndarray]:
     errors = [np.sum((game.sppo_dynamics(payoff, e, len(mixes) - 1, pi0=mixes[0]) - mixes) ** 2) for e in etas]
     best = float(etas[int(np.argmin(errors))])
     return best, game.sppo_dynamics(payoff, best, len(mixes) - 1, pi0=mixes[0])
+
+
+
+def style_lows(mixes, markers=MARKERS) -> list[dict]:
+    """For each style: its lowest share over the iterations, when, and the most it regained afterwards.
+
+    A style whose share reaches 0 is no longer sampled, so nothing can show that it would now win: the
+    language-model version of a frozen multiplicative-weights policy (game.freeze_step).
+    Iterations whose answers were all broken (no style, NaN rows of mix_trajectory) are skipped; a style with no
+    styled iteration at all is left out.
+    """
+    mixes = np.asarray(mixes, dtype=float)
+    out = []
+    for k, marker in enumerate(markers):
+        if np.all(np.isnan(mixes[:, k])):
+            continue
+        t = int(np.nanargmin(mixes[:, k]))
+        out.append({"style": marker, "low": float(mixes[t, k]), "at": t, "regained": float(np.nanmax(mixes[t:, k]))})
+    return out

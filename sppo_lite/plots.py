@@ -1,12 +1,55 @@
-"""The figures the notebooks show: policies on the simplex, exploitability curves, loss fields."""
+"""The figures the notebooks show: policies on the simplex, exploitability curves, loss fields.
+
+One colour per method in every figure (PALETTE): a curve's name says its method ("SPPO K = 5, average",
+"iterative DPO, last") and style_for turns the name into its colour, and its line style: solid for the
+average iterate, dashed for the last iterate. Settings of one method (K = 2, 5, 16) are shades of its colour.
+"""
 from __future__ import annotations
 
+import colorsys
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["simplex_xy", "simplex_axes", "plot_simplex", "plot_exploitability",
-           "gradient_field", "plot_gradient_field", "save_figure"]
+__all__ = ["PALETTE", "method_of", "style_for", "shades", "simplex_xy", "simplex_axes", "plot_simplex",
+           "plot_exploitability", "plot_with_ci", "gradient_field", "plot_gradient_field", "save_figure"]
+
+# method → colour, used by every notebook's figures.
+PALETTE = {
+    "exact": "#000000",      # exact multiplicative weights (the theory)
+    "SPPO": "#1f77b4",       # sampled SPPO: the tabular simulation and the language model
+    "DPO": "#d62728",        # iterative DPO
+    "IPO": "#ff7f0e",        # iterative IPO
+    "Nash-MD": "#2ca02c",
+    "BT": "#8c564b",         # Bradley–Terry reward argmax
+    "SFT": "#7f7f7f",
+}
+# Keywords in the order they are looked for: "exact SPPO" is exact, "iterative IPO" is IPO, not DPO.
+_KEYWORDS = (("exact", "exact"), ("Nash-MD", "Nash-MD"), ("IPO", "IPO"), ("DPO", "DPO"), ("BT", "BT"),
+             ("Bradley", "BT"), ("SPPO", "SPPO"), ("SFT", "SFT"))
+
+
+def method_of(name: str) -> str | None:
+    """The method a curve's name belongs to (a PALETTE key), or None."""
+    for key, method in _KEYWORDS:
+        if key in name:
+            return method
+    return None
+
+
+def style_for(name: str) -> dict:
+    """matplotlib kwargs for a named curve: its method's colour; dashed if it is a last iterate."""
+    method = method_of(name)
+    style = {"color": PALETTE[method]} if method else {}
+    style["linestyle"] = "--" if "last" in name else "-"
+    return style
+
+
+def shades(method: str, n: int) -> list[str]:
+    """n shades of a method's colour, light to dark, for settings of one method (K = 2, 5, 16)."""
+    h, l, s = colorsys.rgb_to_hls(*(int(PALETTE[method][i:i + 2], 16) / 255 for i in (1, 3, 5)))
+    lights = np.linspace(min(0.75, l + 0.3), max(0.15, l - 0.15), n) if n > 1 else [l]
+    return ["#%02x%02x%02x" % tuple(round(255 * c) for c in colorsys.hls_to_rgb(h, li, s)) for li in lights]
 
 _CORNERS = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, np.sqrt(3) / 2]])
 
@@ -35,7 +78,7 @@ def plot_simplex(ax, trajectories: dict, nash=None, labels=("y0", "y1", "y2"), s
     simplex_axes(ax, labels)
     for name, traj in trajectories.items():
         xy = simplex_xy(traj)
-        (line,) = ax.plot(xy[:, 0], xy[:, 1], lw=1.2, label=name, alpha=0.9)
+        (line,) = ax.plot(xy[:, 0], xy[:, 1], lw=1.2, label=name, alpha=0.9, **style_for(name))
         if start:
             ax.plot(*xy[0], "o", color=line.get_color(), ms=4)
         ax.plot(*xy[-1], "s", color=line.get_color(), ms=5)
@@ -45,20 +88,39 @@ def plot_simplex(ax, trajectories: dict, nash=None, labels=("y0", "y1", "y2"), s
     return ax
 
 
-def plot_exploitability(ax, curves: dict, loglog: bool = True, floor: float = 1e-6):
-    """Exploitability per step for each named curve; log-log shows power laws as straight lines."""
+def plot_exploitability(ax, curves: dict, loglog: bool = True, floor: float = 1e-6, bands: dict | None = None,
+                        styles: dict | None = None, xlabel: str = "step t", marker=None):
+    """Exploitability per step for each named curve; log-log shows power laws as straight lines.
+
+    bands: {name: (low, high)} drawn as a shaded interval (e.g. a 95 % CI over seeds); styles: {name: kwargs}
+    overriding style_for (e.g. a shade of the method's colour).
+    """
+    bands, styles = bands or {}, styles or {}
     for name, values in curves.items():
         v = np.maximum(np.asarray(values, dtype=float), floor)
         steps = np.arange(len(v))
-        if loglog:
-            ax.loglog(steps[1:], v[1:], label=name)
-        else:
-            ax.plot(steps, v, label=name)
-    ax.set_xlabel("step t")
+        first = 1 if loglog else 0
+        kw = {**style_for(name), **styles.get(name, {})}
+        ax.plot(steps[first:], v[first:], label=name, marker=marker, ms=3, **kw)
+        if name in bands:
+            lo, hi = (np.maximum(np.asarray(b, dtype=float), floor) for b in bands[name])
+            ax.fill_between(steps[first:], lo[first:], hi[first:], color=kw.get("color"), alpha=0.2, lw=0)
+    if loglog:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("exploitability  max_y P(y ≻ π) − ½")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return ax
+
+
+def plot_with_ci(ax, x, values, low, high, name: str, **kw):
+    """Points with 95 % error bars (e.g. a win rate and its bootstrap CI per iteration), in the method's colour."""
+    x, values, low, high = (np.asarray(a, dtype=float) for a in (x, values, low, high))
+    style = {**style_for(name), **kw}
+    return ax.errorbar(x, values, yerr=[values - low, high - values], marker="o", ms=4, capsize=3, label=name,
+                       **style)
 
 
 def gradient_field(loss_fn, lim: float = 3.0, n: int = 15):
@@ -72,11 +134,16 @@ def gradient_field(loss_fn, lim: float = 3.0, n: int = 15):
     return dc.detach().numpy(), dr.detach().numpy(), -dc.grad.numpy(), -dr.grad.numpy()
 
 
-def plot_gradient_field(ax, loss_fn, title: str, lim: float = 3.0, target=None):
-    """Quiver of the descent direction of a pair loss in the (Δ_chosen, Δ_rejected) plane."""
+def plot_gradient_field(ax, loss_fn, title: str, lim: float = 3.0, target=None, colorbar: bool = True):
+    """Quiver of the descent direction of a pair loss in the (Δ_chosen, Δ_rejected) plane.
+
+    Arrows have equal length (direction only); their colour is the gradient's size, read on the colour bar.
+    """
     X, Y, U, V = gradient_field(loss_fn, lim)
     norm = np.hypot(U, V) + 1e-12
-    ax.quiver(X, Y, U / norm, V / norm, norm, cmap="viridis", scale=25, width=0.005)
+    q = ax.quiver(X, Y, U / norm, V / norm, norm, cmap="viridis", scale=25, width=0.005)
+    if colorbar:
+        ax.figure.colorbar(q, ax=ax, shrink=0.8, label="gradient size |∇L|")
     ax.axhline(0, color="0.7", lw=0.8)
     ax.axvline(0, color="0.7", lw=0.8)
     if target is not None:

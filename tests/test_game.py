@@ -302,3 +302,64 @@ def test_average_iterate_obeys_the_hedge_regret_bound(seed, eta):
     T = np.arange(1, 302)
     bound = np.log(1 / pi0.min()) / (eta * T) + eta / 8
     assert np.all(g.exploitability_curve(P, g.running_average(traj)) <= bound + 1e-12)
+
+
+def test_official_win_rate_estimate_is_the_unbiased_one_at_a_smaller_step():
+    # P̂_incl − ½ = (K−1)/K · (P̂_excl − ½) sample by sample, so the official estimator at η is the unbiased
+    # one at η·(K−1)/K: the two trajectories coincide when they draw the same samples (same seed).
+    P = g.weighted_cycle()
+    for K in (2, 5):
+        official = g.sampled_sppo_dynamics(P, 0.6, 30, K=K, pi0=[0.6, 0.3, 0.1], seed=3)
+        unbiased = g.sampled_sppo_dynamics(P, 0.6 * (K - 1) / K, 30, K=K, pi0=[0.6, 0.3, 0.1], seed=3,
+                                              include_self=False)
+        np.testing.assert_allclose(official, unbiased, atol=1e-12)
+
+
+def test_sampled_sppo_with_many_prompts_approaches_the_exact_step():
+    # 2000 groups of K = 8 per step: the averaged move is the exact MW step at η·(K−1)/K to about 1e-2.
+    P = g.weighted_cycle()
+    pi0 = np.array([0.6, 0.3, 0.1])
+    sampled = g.sampled_sppo_dynamics(P, 2.0, 1, K=8, pi0=pi0, prompts=2000, seed=0)[1]
+    exact = g.sppo_dynamics(P, 2.0 * 7 / 8, 1, pi0=pi0)[1]
+    np.testing.assert_allclose(sampled, exact, atol=0.01)
+    with pytest.raises(ValueError, match="prompts"):
+        g.sampled_sppo_dynamics(P, 1.0, 1, prompts=0)
+
+
+def test_freeze_step_by_hand():
+    traj = np.array([[0.5, 0.3, 0.2], [0.995, 0.003, 0.002], [0.4, 0.3, 0.3],
+                     [0.002, 0.993, 0.005], [0.001, 0.998, 0.001]])
+    assert g.freeze_step(traj) == 3                 # frozen on y1 from step 3, not the earlier visit to y0
+    assert g.freeze_step(traj[:3]) is None          # ends unfrozen
+    assert g.freeze_step(traj, threshold=0.995) == 4
+    # A one-response policy with K samples never moves again: sampled SPPO from a frozen start stays put.
+    frozen = g.sampled_sppo_dynamics(g.weighted_cycle(), 5.0, 50, K=5, pi0=[1.0, 0.0, 0.0], seed=0)
+    assert g.freeze_step(frozen) == 0
+
+
+def test_loglog_slope_recovers_power_laws():
+    t = np.arange(1, 501, dtype=float)
+    curve = np.r_[1.0, 3.0 / t]
+    assert g.loglog_slope(curve, 10, 500) == pytest.approx(-1.0)
+    assert g.loglog_slope(np.r_[1.0, t ** -0.5], 1, 499) == pytest.approx(-0.5)
+    with pytest.raises(ValueError):
+        g.loglog_slope(curve, 0, 10)
+
+
+def test_mean_ci_by_hand():
+    values = np.array([[1.0, 2.0], [3.0, 2.0], [5.0, 2.0]])
+    mean, lo, hi = g.mean_ci(values)
+    np.testing.assert_allclose(mean, [3.0, 2.0])
+    np.testing.assert_allclose(hi - mean, [1.96 * 2.0 / np.sqrt(3), 0.0])  # sd 2 (ddof 1) over 3 seeds
+    np.testing.assert_allclose(mean - lo, hi - mean)
+    runs = g.seed_runs(lambda seed: np.full((4, 3), seed), [0, 1])
+    assert runs.shape == (2, 4, 3) and runs[1, 0, 0] == 1
+
+
+def test_eta_sweep_shows_small_steps_converge_and_huge_steps_freeze():
+    P = g.weighted_cycle()
+    r = g.eta_sweep(P, [0.2, 1000.0], 300, pi0=[0.6, 0.3, 0.1], K=5, seeds=range(4))
+    assert r["sampled_avg"].shape == (2, 4) and r["frozen"].dtype == bool
+    assert not r["frozen"][0].any() and r["avg_ratio"][0].max() < 0.7 and r["avg_falling"][0].all()
+    assert r["frozen"][1].all()                        # η = 1000: every seed freezes on one response
+    assert r["exact_avg"][0] < 0.05 and r["exact_avg"][1] < 0.05  # the exact average does not freeze

@@ -69,7 +69,52 @@ def test_notebook_03_smoke(tmp_path):
         assert len(s[key]) == 3, key
     # Both arms start from the same SFT policy and its same samples.
     assert s["sppo_mixes"][0] == s["dpo_mixes"][0]
-    assert s["sppo_exploitability"][0] == pytest.approx(s["exact_exploitability"][0])
+    assert s["sppo_mixes"][0] == pytest.approx(s["exact_mixes"][0])   # the exact prediction starts where the LM does
+    # broken answers count: the LM's start is at least as exploitable as the exact start with none
+    assert s["sppo_exploitability"][0] >= s["exact_exploitability"][0] - 1e-12
+    assert sum(s["optimizer_steps"]["SPPO"]) >= sum(s["optimizer_steps"]["DPO"]) > 0
     assert all(0 <= v <= 100 for v in s["sppo_win_rate_vs_start"] + s["dpo_win_rate_vs_start"])
     for name in ("style_mix_and_exploitability", "win_rate_vs_start", "logratio_moves"):
         assert (tmp_path / path.stem / f"{name}.png").exists()
+
+
+def test_broken_answers_count_in_exploitability():
+    G = lab.style_game_with_broken(game.weighted_cycle())
+    assert G.shape == (4, 4) and G[3, :3].tolist() == [0, 0, 0] and G[:3, 3].tolist() == [1, 1, 1]
+    np.testing.assert_allclose(game.nash_equilibrium(G)[:3], game.nash_equilibrium(game.weighted_cycle()), atol=1e-8)
+    nash = game.nash_equilibrium(game.weighted_cycle())
+    pi = lab.with_broken([nash], [0.5])[0]
+    np.testing.assert_allclose(pi, [*(nash / 2), 0.5])
+    # half the answers broken: every style wins ½ against the marked half and 1 against the broken half
+    assert game.exploitability(G, pi) == pytest.approx(0.5 * 0.5 + 0.5 * 1 - 0.5)
+    assert game.exploitability(G, lab.with_broken([nash], [0.0])[0]) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_dpo_arm_takes_as_many_optimizer_steps_as_sppo():
+    for k in (4, 8):
+        sppo = lab.lab_config("policy", "prompts.jsonl", "sppo", n_prompts=32, k=k)
+        dpo = lab.lab_config("policy", "prompts.jsonl", "dpo", n_prompts=32, k=k)
+        sppo_steps = 32 * k // sppo["train"]["per_device_train_batch_size"]
+        dpo_steps = 32 // dpo["train"]["per_device_train_batch_size"]
+        assert sppo_steps == dpo_steps
+        assert sppo["train"]["disable_tqdm"] and dpo["train"]["disable_tqdm"]
+
+
+def test_style_lows_by_hand():
+    mixes = [[0.6, 0.3, 0.1], [0.8, 0.0, 0.2], [0.5, 0.1, 0.4], [0.2, 0.05, 0.75]]
+    lows = lab.style_lows(mixes)
+    assert [d["style"] for d in lows] == list(lab.MARKERS)
+    assert lows[1] == {"style": "Well,", "low": 0.0, "at": 1, "regained": 0.1}
+    assert lows[0]["at"] == 3 and lows[0]["regained"] == 0.2
+    assert lows[2] == {"style": "Briefly:", "low": 0.1, "at": 0, "regained": 0.75}
+
+
+def test_sft_seconds_reads_the_record(tmp_path):
+    (tmp_path / ".complete").write_text('{"elapsed_s": 12.5}')
+    assert lab.sft_seconds(tmp_path) == 12.5
+    (tmp_path / ".complete").write_text("")  # a policy saved before the record existed
+    assert lab.sft_seconds(tmp_path) is None
+    assert lab.sft_seconds(tmp_path / "missing") is None
+    nan = float("nan")
+    lows = lab.style_lows([[0.6, 0.3, 0.1], [nan, nan, nan], [0.0, 0.5, 0.5]])  # iteration 1: every answer broken
+    assert lows[0] == {"style": "Sure!", "low": 0.0, "at": 2, "regained": 0.0}

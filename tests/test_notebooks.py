@@ -62,7 +62,10 @@ def test_02_toy_convergence(tmp_path):
     assert s["exact_avg_exploitability"] < 0.05 < s["exact_last_exploitability"]
     assert s["baselines_final_exploitability"]["BT-reward argmax"] == pytest.approx(0.25)
     assert s["five_sppo_avg_exploitability"] < 0.5 * s["five_bt_argmax_exploitability"]
-    for name in ("simplex_last_vs_average", "exploitability_loglog", "sampled_K", "baselines", "eta_sweep"):
+    assert s["frozen_seeds"]["DPO"] + s["frozen_seeds"]["IPO"] >= 1      # collapse shows even in 200 steps
+    assert 3 <= min(s["lab_eta_window"]) <= max(s["lab_eta_window"]) <= 6  # the η window notebook 03 aims at
+    for name in ("simplex_last_vs_average", "exploitability_loglog", "sampled_K", "baselines", "eta_sweep",
+                 "eta_window_lab"):
         assert (tmp_path / "02_toy_nash_convergence" / f"{name}.png").exists()
 
 
