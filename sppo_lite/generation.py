@@ -137,10 +137,11 @@ class _SeededSampling(LogitsProcessor):
     """Temperature, top-p, then one draw per row with that row's own generator; returns a 0/−inf mask on
     the drawn token so that greedy decoding emits it.
 
-    The draw is Gumbel-max, argmax(log p + G) with G = −log(−log U) ~ Gumbel, which samples from p: the
-    uniforms come from each row's generator on the model's device, and everything else is one batched
-    op (no host round trip). Hand-written: generate(do_sample=True) draws every row from one global RNG,
-    which ties a prompt's samples to its batch.
+    The draw is the inverse CDF: one uniform u per row and step from the row's generator, and the drawn
+    token is the first whose cumulative probability (in vocabulary order, over the tokens top-p kept)
+    exceeds u times the total, which samples from p. One number per row and step, and everything else is
+    one batched op on the model's device (no host round trip). Hand-written: generate(do_sample=True)
+    draws every row from one global RNG, which ties a prompt's samples to its batch.
     """
 
     def __init__(self, temperature: float, top_p: float, generators: list):
@@ -150,10 +151,13 @@ class _SeededSampling(LogitsProcessor):
     def __call__(self, input_ids, scores):
         for warp in self.warpers:
             scores = warp(input_ids, scores)
-        vocab = scores.shape[1]
-        uniform = torch.stack([torch.rand(vocab, generator=g, device=scores.device) for g in self.generators])
-        gumbel = -torch.log(-torch.log(uniform.clamp_(min=1e-20)))
-        drawn = (scores.float().log_softmax(dim=-1) + gumbel).argmax(dim=-1)
+        probs = scores.float().softmax(dim=-1)
+        cdf = probs.cumsum(dim=-1)
+        uniform = torch.cat([torch.rand(1, generator=g, device=scores.device) for g in self.generators])
+        # right=True: the first token whose cdf exceeds the target, so a zero-probability token is never drawn.
+        drawn = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True)[:, 0]
+        last_kept = probs.shape[1] - 1 - (probs.flip(-1) > 0).int().argmax(dim=-1)  # u·total rounded up to total
+        drawn = torch.minimum(drawn, last_kept)
         return torch.full_like(scores, float("-inf")).scatter_(1, drawn[:, None], 0.0)
 
 
