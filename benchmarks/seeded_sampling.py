@@ -1,6 +1,6 @@
 """Seeded per-row sampling vs plain `generate(do_sample=True)` on SmolLM2-135M-Instruct, same batch, one run.
 
-    python benchmarks/seeded_sampling.py [--prompts 8] [--k 4] [--max-new-tokens 48] [--repeats 3] [--bf16]
+    python benchmarks/seeded_sampling.py [--prompts 8] [--k 4] [--max-new-tokens 48] [--repeats 3] [--bf16] [--threads 1]
 
 Every variant decodes exactly max_new_tokens tokens for the same rows (min_new_tokens = max_new_tokens),
 with temperature 0.7 and top-p 0.9:
@@ -55,7 +55,10 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--bf16", action="store_true", help="also time plain sampling under bf16 autocast")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model, tok = load_policy("smollm2-135m-instruct", dtype="float32")
     prompts = load_prompts(ROOT / "data" / "prompts.jsonl", limit=args.prompts)
