@@ -104,6 +104,7 @@ def refresh_notebook(path, smoke: bool | None = None) -> bool:
     nb = nbformat.read(path, as_version=4)  # keep where it ran out of the committed file
     for key in ("input_path", "output_path"):
         nb.metadata.get("papermill", {}).pop(key, None)
+    nb.metadata.setdefault("papermill", {})["parameters"] = {"SMOKE": True} if smoke else {}  # what this run injected
     nb.metadata.pop("widgets", None)
     nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
     for cell in nb.cells:

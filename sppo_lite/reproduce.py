@@ -237,8 +237,8 @@ def reproduce(output_dir, smoke: bool = False, gpus: int | None = None, config=F
     """Notebooks 04 then 05 through papermill (sppo_lite.notebooks.run_notebook) into output_dir.
 
     04 trains into output_dir/run with the recipe `config` on `gpus` GPUs (default: all visible, at
-    least 1); 05 evaluates that run. smoke runs both in their SMOKE setting (tiny models, CPU; the
-    recipe is not read). parameters: extra papermill parameters per notebook, keyed "04" / "05".
+    least 1); 05 evaluates that run. smoke runs both in their SMOKE setting (the CPU recipe made small;
+    `config` is not read). parameters: extra papermill parameters per notebook, keyed "04" / "05".
     Returns {"04_...": summary, "05_...": summary}, also written with timings to reproduce.json.
     """
     from .notebooks import NOTEBOOK_DIR, run_notebook
