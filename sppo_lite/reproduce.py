@@ -1,6 +1,8 @@
 """Running the pipeline from a notebook, and the full reproduction: notebooks 04 (train) → 05 (evaluate).
 
-    SMOKE_SETTINGS        the CPU-in-seconds setting notebooks 04 and 05 share (tiny Mistral, tiny PairRM)
+    CPU_RECIPE            configs/cpu-smollm2.yaml: SmolLM2-135M-Instruct + sentiment judge, 04's run without CUDA
+    SMOKE_SETTINGS        the CI setting notebooks 04 and 05 share: CPU_RECIPE made small (smoke_config)
+    TINY_SETTINGS         random tiny Mistral + tiny PairRM, the pipeline's mechanics in seconds (tests)
     as_overrides          {"train.beta": 1e-3} → ["train.beta=0.001"], the form loop.load_config takes
     accelerate_config_for the accelerate config a recipe needs on N GPUs (ZeRO-3 for full, DDP for (Q)LoRA)
     accelerate_command    `accelerate launch --config_file F --num_processes N -m sppo_lite.cli iterate ...`
@@ -40,7 +42,8 @@ import yaml
 
 from . import loop
 
-__all__ = ["REPO_ROOT", "repo_path", "FULL_RECIPE", "NOTEBOOKS", "SMOKE_SETTINGS", "as_overrides", "accelerate_config_for",
+__all__ = ["REPO_ROOT", "repo_path", "FULL_RECIPE", "CPU_RECIPE", "NOTEBOOKS", "SMOKE_SETTINGS", "smoke_config",
+           "TINY_SETTINGS", "tiny_settings", "as_overrides", "accelerate_config_for",
            "accelerate_command", "run_pipeline", "reproduce"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -53,14 +56,29 @@ def repo_path(*parts: str) -> str:
     return os.path.relpath(REPO_ROOT.joinpath(*parts))
 
 
-# The SMOKE setting of notebooks 04 and 05: QLoRA code path (4-bit base + LoRA, merged hand-off) on a
-# random tiny Mistral and a tiny PairRM-shaped ranker, 3 iterations of 4 prompts × 3 samples of 8
-# tokens. It checks the mechanics in well under a minute on a CPU (one torch thread is fastest for models
-# this small); its numbers say nothing about SPPO.
+# The CPU recipe: SPPO on SmolLM2-135M-Instruct with the sentiment judge, the stand-in for Mistral-7B that
+# notebook 04 runs on a machine without CUDA (and notebook 05 evaluates).
+CPU_RECIPE = REPO_ROOT / "configs" / "cpu-smollm2.yaml"
+
+# The SMOKE setting of notebooks 04 and 05 (CI): the CPU recipe made small — SmolLM2-135M-Instruct and the
+# sentiment judge, 2 iterations of 6 prompts × 3 samples of 16 tokens, LoRA, a few optimizer steps. It runs
+# every line of the real path (GGUF-converted model, LoRA merge hand-off, evaluation) in a minute or two on a
+# CPU; its numbers are too small to say much about SPPO.
 SMOKE_SETTINGS = {
+    "iterations": 2,
+    "prompts.n_prompts": 6,
+    "generation.k": 3, "generation.max_new_tokens": 16, "generation.batch_size": 6, "generation.shard_size": 6,
+    "build.ref_batch_size": 6,
+    "train.num_train_epochs": 2, "train.per_device_train_batch_size": 3, "train.warmup_steps": 0,
+}
+
+# The random tiny setting (a tiny Mistral and a tiny PairRM-shaped ranker, QLoRA code path, 3 iterations of
+# 4 prompts × 3 samples of 8 tokens): the pipeline's mechanics in seconds, for tests. Its numbers say
+# nothing about SPPO.
+TINY_SETTINGS = {
     "iterations": 3,
     "policy.model": "tiny", "policy.mode": "qlora", "policy.device": "cpu",
-    "prompts.source": None,  # filled by smoke_settings(): data/prompts.jsonl
+    "prompts.source": None,  # filled by tiny_settings(): data/prompts.jsonl
     "prompts.thirds": 3, "prompts.n_prompts": 4,
     "generation.k": 3, "generation.max_new_tokens": 8, "generation.batch_size": 8, "generation.shard_size": 8,
     "generation.max_prompt_tokens": 256,
@@ -74,9 +92,14 @@ SMOKE_SETTINGS = {
 }
 
 
-def smoke_settings() -> dict:
-    """SMOKE_SETTINGS with the prompt file (data/prompts.jsonl) as a path from the working directory."""
-    return {**SMOKE_SETTINGS, "prompts.source": repo_path("data", "prompts.jsonl")}
+def tiny_settings() -> dict:
+    """TINY_SETTINGS with the prompt file (data/prompts.jsonl) as a path from the working directory."""
+    return {**TINY_SETTINGS, "prompts.source": repo_path("data", "prompts.jsonl")}
+
+
+def smoke_config(overrides=()) -> dict:
+    """The config of the notebooks' SMOKE run: CPU_RECIPE ← SMOKE_SETTINGS ← overrides ("a.b=value")."""
+    return loop.load_config(CPU_RECIPE, as_overrides(SMOKE_SETTINGS) + list(overrides))
 
 
 def as_overrides(settings: Mapping[str, object]) -> list[str]:
@@ -217,8 +240,8 @@ def reproduce(output_dir, smoke: bool = False, gpus: int | None = None, config=F
     """Notebooks 04 then 05 through papermill (sppo_lite.notebooks.run_notebook) into output_dir.
 
     04 trains into output_dir/run with the recipe `config` on `gpus` GPUs (default: all visible, at
-    least 1); 05 evaluates that run. smoke runs both in their SMOKE setting (tiny models, CPU; the
-    recipe is not read). parameters: extra papermill parameters per notebook, keyed "04" / "05".
+    least 1); 05 evaluates that run. smoke runs both in their SMOKE setting (the CPU recipe made small;
+    `config` is not read). parameters: extra papermill parameters per notebook, keyed "04" / "05".
     Returns {"04_...": summary, "05_...": summary}, also written with timings to reproduce.json.
     """
     from .notebooks import NOTEBOOK_DIR, run_notebook

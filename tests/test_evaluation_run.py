@@ -22,7 +22,7 @@ PROMPTS = str(REPO / "data" / "prompts.jsonl")
 
 
 def config_with(**settings):
-    return loop.load_config(None, reproduce.as_overrides({**reproduce.smoke_settings(), "prompts.source": PROMPTS,
+    return loop.load_config(None, reproduce.as_overrides({**reproduce.tiny_settings(), "prompts.source": PROMPTS,
                                                           **settings}))
 
 
@@ -40,11 +40,32 @@ def test_as_overrides_round_trips_through_load_config():
     assert loop.load_config(None, ["train.learning_rate=5e-7"])["train"]["learning_rate"] == 5e-7  # coerced
 
 
-def test_smoke_settings_are_a_valid_tiny_qlora_recipe():
-    config = loop.load_config(None, reproduce.as_overrides(reproduce.smoke_settings()))
+def test_tiny_settings_are_a_valid_tiny_qlora_recipe():
+    config = loop.load_config(None, reproduce.as_overrides(reproduce.tiny_settings()))
     assert config["policy"]["model"] == config["judge"]["model"] == "tiny"
     assert config["policy"]["mode"] == "qlora" and config["iterations"] == 3
     assert Path(config["prompts"]["source"]).resolve() == Path(PROMPTS)
+
+
+def test_smoke_config_is_the_cpu_recipe_made_small():
+    full, smoke = loop.load_config(reproduce.CPU_RECIPE), reproduce.smoke_config()
+    for config in (full, smoke):
+        assert config["policy"]["model"] == "smollm2-135m-instruct" and config["judge"]["type"] == "sentiment"
+        assert Path(config["prompts"]["source"]).resolve() == Path(PROMPTS)
+    assert full["iterations"] == 3 and smoke["iterations"] == 2
+    assert smoke["prompts"]["n_prompts"] < full["prompts"]["n_prompts"]
+    assert smoke["train"]["beta"] == full["train"]["beta"] and smoke["train"]["learning_rate"] == full["train"]["learning_rate"]
+    # every iteration's prompts leave some of data/prompts.jsonl held out for notebook 05
+    assert len(evaluation_run.heldout_prompts(full)) >= 64
+
+
+def test_rows_are_named_after_the_model_that_ran():
+    assert evaluation_run.model_label("smollm2-135m-instruct", 0) == "SmolLM2-135M-Instruct (base)"
+    assert evaluation_run.model_label("smollm2-135m-instruct", 2) == "SPPO iter 2 (SmolLM2-135M-Instruct)"
+    assert evaluation_run.model_label("mistralai/Mistral-7B-Instruct-v0.2", 3, best_of=16) == \
+        "SPPO iter 3 (Mistral-7B-Instruct-v0.2), best-of-16"
+    paper = evaluation_run.paper_table_text()
+    assert "SPPO Iter3 (best-of-16)" in paper and "SmolLM2" not in paper
 
 
 # ---------------------------------------------------------------- held-out prompts

@@ -173,3 +173,29 @@ def test_finished_flags_tell_cut_samples_apart(policy):
     finally:
         model.generation_config.min_new_tokens = None
     assert cut["finished"][0] == [False, False, False]
+
+
+def test_seeded_draw_samples_from_the_nucleus_distribution():
+    """The per-row draw (one uniform per row, inverse CDF) picks token i with probability p_i after top-p, never a
+    token top-p removed, and the same generators give the same draws."""
+    from sppo_lite.generation import _SeededSampling
+
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, -8.0, 0.5])
+    probs = logits.softmax(-1)
+    order = probs.argsort(descending=True)
+    kept = order[: int((probs[order].cumsum(0) < 0.95).sum()) + 1]  # the top-p = 0.95 nucleus
+    target = torch.zeros_like(probs)
+    target[kept] = probs[kept] / probs[kept].sum()
+    rows = 4000
+
+    def draws():
+        sampler = _SeededSampling(1.0, 0.95, [torch.Generator().manual_seed(i) for i in range(rows)])
+        mask = sampler(torch.zeros(rows, 1, dtype=torch.long), logits.repeat(rows, 1))
+        assert ((mask == 0).sum(-1) == 1).all()
+        return mask.argmax(-1)
+
+    drawn = draws()
+    freq = torch.bincount(drawn, minlength=len(logits)).float() / rows
+    assert set(drawn.unique().tolist()) <= set(kept.tolist())
+    assert torch.allclose(freq, target, atol=0.03)
+    assert torch.equal(drawn, draws())

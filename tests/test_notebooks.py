@@ -71,51 +71,74 @@ def test_02_toy_convergence(tmp_path):
 
 @pytest.fixture(scope="module")
 def smoke_04(tmp_path_factory):
-    """Notebook 04 in SMOKE once: 3 QLoRA SPPO iterations of a tiny Mistral judged by a tiny PairRM."""
+    """Notebook 04 in SMOKE once: the CPU recipe made small, 2 LoRA SPPO iterations of SmolLM2-135M-Instruct
+    judged by the sentiment judge."""
     out = tmp_path_factory.mktemp("notebooks")
     return out, run_notebook(notebook("04_"), out)
 
 
-def test_04_qlora_sppo(smoke_04):
+def test_04_sppo_on_smollm2(smoke_04):
     out, s = smoke_04
-    assert s["smoke"] is True and s["mode"] == "qlora" and s["model"] == s["judge"] == "tiny"
-    assert s["iterations"] == 3 and s["k"] == 3 and s["n_prompts"] == 4
-    assert list(s["stages"]) == ["iter1", "iter2", "iter3"]
+    assert s["smoke"] is True and s["mode"] == "lora" and s["model"] == "smollm2-135m-instruct"
+    assert s["model_name"] == "SmolLM2-135M-Instruct" and s["judge_type"] == "sentiment"
+    assert s["iterations"] == 2 and s["k"] == 3 and s["n_prompts"] == 6
+    assert list(s["stages"]) == ["iter1", "iter2"]
     for stages in s["stages"].values():
         assert list(stages) == ["generate", "judge", "build", "train"]
         assert all(v["elapsed_s"] > 0 and v["peak_gpu_gib"] is None for v in stages.values())  # CPU: no GPU peak
     assert s["total_elapsed_s"] == pytest.approx(sum(v["elapsed_s"] for st in s["stages"].values() for v in st.values()),
                                                  abs=0.05)
-    for t in ("iter1", "iter2", "iter3"):
-        train, wp = s["train"][t], s["win_prob"][t]
-        assert train["steps"] == 4 and train["train_loss"] > 0   # 4 pairs, batch 2, 2 epochs
+    for t in ("iter1", "iter2"):
+        train, wp, fit = s["train"][t], s["win_prob"][t], s["achieved_vs_target"][t]
+        assert 2 <= train["steps"] <= 4 and train["train_loss"] > 0   # ≤ 6 pairs, batch 3, 2 epochs
         assert train["target_chosen"] > 0 > train["target_rejected"]  # (P̂ − ½)/β: best above ½, worst below
-        assert wp["chosen_mean"] > 0.5 > wp["rejected_mean"] and 0.5 < wp["pair_mean"] <= 1 and 1 <= wp["pairs"] <= 4
+        assert wp["chosen_mean"] > 0.5 > wp["rejected_mean"] and 0.5 < wp["pair_mean"] <= 1 and 1 <= wp["pairs"] <= 6
+        assert fit["responses"] == 2 * wp["pairs"] and fit["slope"] > 0 and fit["correlation"] > 0
+    assert set(s["samples_per_iteration"]) == {"pi_1", "pi_2"}
     nb_out = out / "04_qlora_sppo_mistral7b"
-    for name in ("stage_costs", "training_curves", "win_probs"):
+    for name in ("stage_costs", "training_curves", "win_probs", "achieved_vs_target"):
         assert (nb_out / f"{name}.png").exists()
-    assert (nb_out / "run" / "iter3" / "train" / "model" / "config.json").exists()  # π_4, merged
+    assert (nb_out / "run" / "iter2" / "train" / "model" / "config.json").exists()  # π_3, merged
 
 
 def test_05_evaluation(smoke_04):
     out, _ = smoke_04
     s = run_notebook(notebook("05_"), out)  # RUN_DIR None: the run of 04 beside it
-    assert s["smoke"] is True and s["iterations"] == [1, 2, 3] and s["n_eval_prompts"] == 6
+    assert s["smoke"] is True and s["iterations"] == [1, 2] and s["n_eval_prompts"] == 8
+    assert s["model_name"] == "SmolLM2-135M-Instruct" and s["judge_type"] == "sentiment"
     assert not (out / "05_evaluation" / "smoke-run").exists()  # it evaluated 04's models, not a run of its own
     results = [*s["vs_base"].values(), *s["vs_previous"].values(), s["best_of_n"]["single"], s["best_of_n"]["best"]]
-    assert len(results) == 4 + 3 + 2
+    assert len(results) == 3 + 2 + 2
     for r in results:
         for key in ("win_rate", "lc_win_rate"):
             low, high = r[key + "_ci"]
             assert 0 <= low <= r[key] + 1e-9 and r[key] <= high + 1e-9 and high <= 100
-    base = s["vs_base"]["Mistral-7B-Instruct-v0.2"]
+    base = s["vs_base"]["SmolLM2-135M-Instruct (base)"]
     assert base["win_rate"] == base["lc_win_rate"] == 50.0  # the base against itself
-    assert s["vs_previous"]["SPPO Iter1"] == s["vs_base"]["SPPO Iter1"]
-    assert [r["model"] for r in s["table"]] == ["Mistral-7B-Instruct-v0.2", "SPPO Iter1", "SPPO Iter2", "SPPO Iter3",
-                                                "SPPO Iter3 (best-of-4)"]
-    for r in s["table"][:4]:
-        assert (r["paper_lc_win_rate"], r["paper_win_rate"]) == (PAPER_ALPACAEVAL[r["model"]]["lc_win_rate"],
-                                                                 PAPER_ALPACAEVAL[r["model"]]["win_rate"])
-    assert len(s["length_drift"]["heldout_mean_chars"]) == 4 and len(s["length_drift"]["train_samples_mean_chars"]) == 3
+    assert s["vs_previous"]["SPPO iter 1 (SmolLM2-135M-Instruct)"] == s["vs_base"]["SPPO iter 1 (SmolLM2-135M-Instruct)"]
+    # Rows are named after the model that ran; the paper's table is kept apart, as the paper's.
+    assert [r["model"] for r in s["table"]] == ["SmolLM2-135M-Instruct (base)", "SPPO iter 1 (SmolLM2-135M-Instruct)",
+                                                "SPPO iter 2 (SmolLM2-135M-Instruct)",
+                                                "SPPO iter 2 (SmolLM2-135M-Instruct), best-of-3"]
+    assert s["paper_table"] == PAPER_ALPACAEVAL
+    assert s["best_of_n"]["chooser"] and s["best_of_n"]["scorer"]
+    assert len(s["side_by_side"]) == 6 and all(r["before"] and r["prompt"] for r in s["side_by_side"])
+    assert len(s["length_drift"]["heldout_mean_chars"]) == 3 and len(s["length_drift"]["train_samples_mean_chars"]) == 2
     for name in ("win_rates", "length_drift", "best_of_n"):
         assert (out / "05_evaluation" / f"{name}.png").exists()
+
+
+def test_04_05_committed_outputs_name_the_model_that_ran():
+    """Without CUDA, 04 and 05 are committed with the outputs of the CPU recipe: SmolLM2, never tiny random
+    models, and no row of ours carries one of the paper's row names."""
+    for prefix in ("04_", "05_"):
+        nb = json.loads(notebook(prefix).read_text())
+        first = "".join(nb["cells"][0]["source"])
+        assert "SmolLM2-135M-Instruct" in first and "sentiment judge" in first and "not PairRM" in first
+        printed = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+        assert "SmolLM2" in printed and "tiny" not in printed.lower()
+        assert "/work/" not in json.dumps(nb) and "/home/" not in json.dumps(nb) and ".cache" not in json.dumps(nb)
+    nb = json.loads(notebook("05_").read_text())
+    printed = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+    ours = printed.split("The paper's numbers")[0]
+    assert "SPPO Iter" not in ours and "Mistral-7B-Instruct-v0.2 " not in ours.split("Ours")[-1]
