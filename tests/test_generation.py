@@ -176,7 +176,7 @@ def test_finished_flags_tell_cut_samples_apart(policy):
 
 
 def test_seeded_draw_samples_from_the_nucleus_distribution():
-    """The per-row draw (one uniform per row, inverse CDF) picks token i with probability p_i after top-p, never a
+    """The per-row draw (Gumbel-max from the row's generator) picks token i with probability p_i after top-p, never a
     token top-p removed, and the same generators give the same draws."""
     from sppo_lite.generation import _SeededSampling
 
