@@ -4,6 +4,7 @@
     sppo-lite iterate --config F --output-dir D      iterations 1..T: generate → judge → build → train
     sppo-lite generate|judge|build|train --config F --output-dir D --iteration t
     sppo-lite notebooks [--full]                     execute the notebooks
+    sppo-lite init [DIR]                             copy the recipes and prompts into DIR, to edit
     sppo-lite reproduce --output-dir D [--smoke] [--gpus N]   notebooks 04 → 05 with the 8-GPU recipe
     sppo-lite --version
 
@@ -102,6 +103,17 @@ def cmd_notebooks(args) -> int:
             run_notebook(p, args.output_dir, smoke=True)
             mode = "SMOKE"
         print(f"{p.name}: {time.time() - t0:.1f} s ({mode})")
+    return 0
+
+
+def cmd_init(args) -> int:
+    """The shipped recipes (configs/) and prompt set (data/prompts.jsonl) copied into a folder of one's own."""
+    from sppo_lite.resources import copy_starter
+
+    written = copy_starter(args.dir)
+    print(f"sppo-lite init: {len(written)} files in {args.dir}: configs/*.yaml (recipes), configs/accelerate/, "
+          f"data/prompts.jsonl\nnext: sppo-lite iterate --config {Path(args.dir) / 'configs' / 'cpu-tiny.yaml'} "
+          f"--output-dir runs/cpu-tiny")
     return 0
 
 
@@ -204,7 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--gpus", type=int, help="GPUs for training (default: all visible); > 1 uses accelerate launch")
     rep.add_argument("--config", default="configs/full-8gpu-mistral7b.yaml", help="the recipe notebook 04 runs")
     rep.set_defaults(func=cmd_reproduce)
-    subcommands = {"toy": toy, "notebooks": nb, "reproduce": rep}
+    init = add("init", "copy the shipped recipes and prompts into a folder, to edit",
+               "Copy configs/ (every recipe and accelerate config) and data/prompts.jsonl into DIR; nothing\n"
+               "is overwritten. The recipes also run by name from anywhere: --config cpu-tiny.")
+    init.add_argument("dir", nargs="?", default="sppo-lite-recipes", help="a new or empty folder")
+    init.set_defaults(func=cmd_init)
+    subcommands = {"toy": toy, "notebooks": nb, "reproduce": rep, "init": init}
     stage_help = {"generate": "K samples per prompt from π_t", "judge": "K×K win matrices from the judge",
                   "build": "pairs, win rates and reference log-probs", "train": "SPPO training: π_t → π_{t+1}"}
     for name, text in [("iterate", "all stages of iterations 1..T (resumable)"), *stage_help.items()]:
@@ -215,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
             if name == "iterate" else
             f"One stage of one iteration (after the stages before it). Example:\n"
             f"  sppo-lite {name} --config configs/cpu-tiny.yaml --output-dir runs/cpu-tiny --iteration 1"))
-        sp.add_argument("--config", required=True, help="YAML recipe, e.g. configs/cpu-tiny.yaml")
+        sp.add_argument("--config", required=True,
+                        help="YAML recipe: a path, or a shipped recipe's name (cpu-tiny, cpu-smollm2, ...)")
         sp.add_argument("--output-dir", required=True, help="one folder per iteration and stage lands here")
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set generation.k=8 (repeatable)")
@@ -235,8 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
 def load_config(path, parser: argparse.ArgumentParser, command: str) -> dict:
     """Read a YAML config whose keys are the command's option names (dashes or underscores)."""
     from sppo_lite.loop import read_yaml_mapping
+    from sppo_lite.resources import recipe_path
 
-    cfg = read_yaml_mapping(path)
+    cfg = read_yaml_mapping(recipe_path(path))
     sub = parser.subcommands[command]
     known = {a.dest for a in sub._actions} - {"help", "config"}
     cfg = {k.replace("-", "_"): v for k, v in cfg.items()}

@@ -6,15 +6,22 @@ import json
 import os
 from pathlib import Path
 
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+from .resources import PROJECT_ROOT
+
+NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"  # the checkout's, or the installed wheel's copy
 
 
 def repository_url() -> str:
     """The project's repository, from [project.urls] Repository in pyproject.toml (its one source)."""
     import tomllib
 
-    pyproject = NOTEBOOK_DIR.parent / "pyproject.toml"
-    return tomllib.loads(pyproject.read_text())["project"]["urls"]["Repository"].rstrip("/")
+    pyproject = PROJECT_ROOT / "pyproject.toml"
+    if pyproject.is_file():
+        return tomllib.loads(pyproject.read_text())["project"]["urls"]["Repository"].rstrip("/")
+    from importlib import metadata  # an installed wheel: the same line, from the package's metadata
+
+    urls = dict(u.split(", ", 1) for u in metadata.metadata("sppo-lite").get_all("Project-URL") or [])
+    return urls["Repository"].rstrip("/")
 
 
 def colab_link(notebook: str, url: str | None = None) -> str:

@@ -41,18 +41,19 @@ from typing import Callable, Mapping
 import yaml
 
 from . import loop
+from .resources import PROJECT_ROOT, recipe_path
 
 __all__ = ["REPO_ROOT", "repo_path", "FULL_RECIPE", "CPU_RECIPE", "NOTEBOOKS", "SMOKE_SETTINGS", "smoke_config",
            "TINY_SETTINGS", "tiny_settings", "as_overrides", "accelerate_config_for",
            "accelerate_command", "run_pipeline", "reproduce"]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = PROJECT_ROOT  # the checkout, or sppo_lite/share/ in an installed wheel (sppo_lite.resources)
 FULL_RECIPE = REPO_ROOT / "configs" / "full-8gpu-mistral7b.yaml"
 NOTEBOOKS = ("04_qlora_sppo_mistral7b.ipynb", "05_evaluation.ipynb")
 
 
 def repo_path(*parts: str) -> str:
-    """A file of this repository as a path relative to the working directory (no machine paths in outputs)."""
+    """A shipped file (configs/, data/, notebooks/) as a path relative to the working directory (no machine paths in outputs)."""
     return os.path.relpath(REPO_ROOT.joinpath(*parts))
 
 
@@ -247,13 +248,12 @@ def reproduce(output_dir, smoke: bool = False, gpus: int | None = None, config=F
     from .notebooks import NOTEBOOK_DIR, run_notebook
 
     output_dir = Path(output_dir).resolve()
-    config = Path(config)
-    if not config.is_absolute() and not config.exists() and (REPO_ROOT / config).exists():
-        config = REPO_ROOT / config  # a repository path such as configs/full-8gpu-mistral7b.yaml from elsewhere
-    config = config.resolve()
-    if not smoke and not config.is_file():
-        raise FileNotFoundError(f"recipe {config.name} does not exist ({config.parent.name}/): pass --config with a "
-                                f"YAML recipe such as configs/full-8gpu-mistral7b.yaml")
+    try:  # a path, a shipped recipe's name, or its repository path (configs/...) from any folder
+        config = recipe_path(config).resolve()
+    except ValueError:
+        if not smoke:
+            raise
+        config = Path(config).resolve()  # SMOKE does not read it
     if gpus is None:
         import torch
 

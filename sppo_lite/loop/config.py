@@ -20,10 +20,11 @@ from pathlib import Path
 
 import yaml
 
+from ..resources import PROJECT_ROOT, recipe_path
+
 __all__ = ["DEFAULT_CONFIG", "JUDGE_TYPES", "load_config", "apply_overrides", "read_yaml_mapping", "check_config",
            "check_iterations", "check_prompt_source"]
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 JUDGE_TYPES = ("pairrm", "reward_model", "length", "sentiment", "cyclic_style")
 _PROMPT_SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -150,7 +151,10 @@ def read_yaml_mapping(path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"config file {path} does not exist" + (" (it is a folder)" if p.is_dir() else ""))
-    data = _yaml_value(p.read_text(), f"config file {path}") or {}
+    data = _yaml_value(p.read_text(), f"config file {path}")
+    if data is None:  # an empty file would silently run every default (Mistral-7B on PairRM)
+        raise ValueError(f"config file {path} is empty: a recipe sets at least policy.model and the judge "
+                         f"(start from a shipped one, e.g. configs/cpu-tiny.yaml)")
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must be a YAML mapping of key: value")
     return data
@@ -186,6 +190,7 @@ def load_config(path=None, overrides=None, updates: dict | None = None) -> dict:
     """
     config = _source_from(DEFAULT_CONFIG, PROJECT_ROOT)
     if path is not None:
+        path = recipe_path(path)
         config = _merge(config, _source_from(read_yaml_mapping(path), Path(path).resolve().parent))
     config = _merge(config, _source_from(updates or {}, Path.cwd()))
     config = _merge(config, _source_from(_overrides_to_dict(overrides), Path.cwd()))
