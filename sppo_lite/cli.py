@@ -130,7 +130,10 @@ def cmd_pipeline(args) -> int:
         force = _stages_to_force(args.force)
         n = loop.check_iterations(config, args.iterations)
         run = loop.run_all(config, args.output_dir, force=force, iterations=n)
-        run.log(f"sppo-lite iterate: {n} iteration(s) complete in {args.output_dir} ({time.time() - t0:.1f} s)")
+        rows = loop.summary_rows(run, n)
+        run.log("\n" + loop.summary_table(rows))
+        run.log(f"sppo-lite iterate: {n} iteration(s) complete in {args.output_dir} ({time.time() - t0:.1f} s); "
+                f"the final model π_{n + 1}: {rows[-1]['model'] if rows else '—'}")
     else:
         if not 1 <= args.iteration <= config["iterations"]:
             raise ValueError(f"--iteration must be between 1 and the config's iterations ({config['iterations']}), "

@@ -239,7 +239,7 @@ def chat_messages(prompt: str, response: str) -> list[dict]:
 
 
 def build_sppo_dataset(prompts, responses, matrices, pair_mode: str = "best_worst",
-                       finished=None) -> datasets.Dataset:
+                       finished=None, prompt_ids=None) -> datasets.Dataset:
     """SPPO training data in the official schema, from K judged responses per prompt.
 
     prompts[i]: text; responses[i]: its K sampled responses; matrices[i]: their K×K win matrix or
@@ -250,8 +250,12 @@ def build_sppo_dataset(prompts, responses, matrices, pair_mode: str = "best_wors
     official code trains a response against itself, or duplicate samples) is skipped: it states
     no preference. The skipped count, len(prompts) − len(dataset), is logged. finished[i] (K bools,
     optional: whether each sample ended by itself) adds <chat>_finished columns, which encode_chat
-    reads so that a sample cut at max_new_tokens gets no end-of-turn.
+    reads so that a sample cut at max_new_tokens gets no end-of-turn. prompt_ids (optional, one per
+    prompt) adds a prompt_id column (and response_index for "all"), so a repeated row can be told
+    from two prompts that share a text (check_training_values refuses the first).
     """
+    if prompt_ids is not None and len(prompt_ids) != len(prompts):
+        raise ValueError(f"prompt_ids must have one id per prompt, got {len(prompt_ids)} for {len(prompts)}")
     if not len(prompts) == len(responses) == len(matrices):
         raise ValueError(f"prompts, responses and matrices must have one entry per prompt, got "
                          f"{len(prompts)}, {len(responses)} and {len(matrices)}")
@@ -267,12 +271,13 @@ def build_sppo_dataset(prompts, responses, matrices, pair_mode: str = "best_wors
             raise ValueError(f"prompt {i} has {len(candidates)} responses but its judgement covers "
                              f"{k}: pass one score or matrix row per response")
         for sel in select_pairs(judged, mode=pair_mode):
+            key = {} if prompt_ids is None else {"prompt_id": int(prompt_ids[i])}
             if pair_mode == "all":
-                rows.append({"prompt": prompt, "win_prob": sel["win_prob"],
+                rows.append({**key, "response_index": sel["response_index"], "prompt": prompt, "win_prob": sel["win_prob"],
                              "response": chat_messages(prompt, candidates[sel["response_index"]]),
                              "response_finished": done[sel["response_index"]]})
             elif candidates[sel["chosen_index"]] != candidates[sel["rejected_index"]]:
-                rows.append({**sel, "prompt": prompt,
+                rows.append({**sel, **key, "prompt": prompt,
                              "chosen": chat_messages(prompt, candidates[sel["chosen_index"]]),
                              "rejected": chat_messages(prompt, candidates[sel["rejected_index"]]),
                              "chosen_finished": done[sel["chosen_index"]],
@@ -281,6 +286,11 @@ def build_sppo_dataset(prompts, responses, matrices, pair_mode: str = "best_wors
     if finished is not None:
         features = datasets.Features({**features, **{f"{c}_finished": datasets.Value("bool") for c in
                                                        (("response",) if pair_mode == "all" else ("chosen", "rejected"))}})
+    if prompt_ids is not None:
+        keys = {"prompt_id": datasets.Value("int64")}
+        if pair_mode == "all":
+            keys["response_index"] = datasets.Value("int64")
+        features = datasets.Features({**keys, **features})
     if pair_mode == "best_worst" and len(rows) < len(prompts):
         logger.warning("skipped %d of %d prompts whose chosen and rejected responses are the same "
                        "text (tied judge scores or duplicate samples)", len(prompts) - len(rows),
@@ -346,6 +356,19 @@ def check_training_values(dataset, name: str = "dataset") -> None:
     """Raise one ValueError naming the column and rows when a win probability is not a finite number in
     [0, 1] or a reference log-probability is not finite and <= 0: nothing else is trained on."""
     columns = getattr(dataset, "column_names", None) or []
+    if "prompt_id" in columns:  # one row per prompt (best_worst) or per prompt and response (all)
+        keys = list(zip(dataset["prompt_id"], dataset["response_index"])) if "response_index" in columns \
+            else list(dataset["prompt_id"])
+        if len(set(keys)) != len(keys):
+            seen, repeated = set(), []
+            for i, key in enumerate(keys):
+                if key in seen:
+                    repeated.append(i)
+                seen.add(key)
+            raise ValueError(f"{name}: {len(repeated)} row(s) repeat an earlier row's prompt_id"
+                             f"{' and response_index' if 'response_index' in columns else ''} (rows "
+                             f"{', '.join(map(str, repeated[:5]))}): rebuild it (sppo-lite build --force) "
+                             f"instead of training on it")
     for column in columns:
         if column in PROBABILITY_COLUMNS:
             values = np.asarray(dataset[column], dtype=float)
@@ -365,14 +388,19 @@ def check_training_values(dataset, name: str = "dataset") -> None:
 
 # ---------------------------------------------------------------- sequence log-probabilities
 
+TRUNCATION_MODES = ("keep_end", "keep_start")
+
+
 def encode_chat(tokenizer, messages, max_length: int = 1024, max_prompt_length: int = 512,
-                finished: bool = True) -> dict:
+                finished: bool = True, truncation_mode: str = "keep_end") -> dict:
     """Token ids of a chat whose last message is the response: {"input_ids", "prompt_length"}.
 
     prompt = chat template of messages[:-1] with the generation prompt (what the policy was sampled
     from); response = the rest of the templated full chat (end-of-turn tokens included). The two
     are tokenized separately without extra special tokens, as TRL's DPO trainer does. Past
-    max_length the prompt keeps its last max_prompt_length tokens, then the response is cut.
+    max_length, truncation_mode "keep_end" (the official SPPO code's, TRL 0.x's) keeps the prompt's last
+    max_prompt_length tokens and then cuts the response; "keep_start" (TRL 1.x's) keeps the first
+    max_length tokens of the whole sequence (max_prompt_length is not used).
     finished=False (a sample cut at max_new_tokens) drops what the template adds after the
     response's text (Mistral: </s>): the policy never ended it, so it is not scored as if it had.
     """
@@ -401,8 +429,13 @@ def encode_chat(tokenizer, messages, max_length: int = 1024, max_prompt_length: 
     if not prompt_ids:
         raise ValueError("the chat template renders the prompt to no tokens: the response needs a "
                          "prompt token to be conditioned on")
+    if truncation_mode not in TRUNCATION_MODES:
+        raise ValueError(f"truncation_mode must be one of {', '.join(TRUNCATION_MODES)}, got {truncation_mode!r}")
     if len(prompt_ids) + len(response_ids) > max_length:
-        prompt_ids = prompt_ids[-max_prompt_length:]
+        if truncation_mode == "keep_end":
+            prompt_ids = prompt_ids[-max_prompt_length:]
+        else:
+            prompt_ids = prompt_ids[:max_length - 1]  # keep_start, leaving at least one response token
         response_ids = response_ids[: max_length - len(prompt_ids)]
     return {"input_ids": prompt_ids + response_ids, "prompt_length": len(prompt_ids)}
 
@@ -454,7 +487,8 @@ def sequence_logps(model, input_ids, attention_mask, response_mask) -> torch.Ten
 
 
 def add_reference_logps(dataset: datasets.Dataset, model, tokenizer, batch_size: int = 8,
-                        max_length: int = 1024, max_prompt_length: int = 512) -> datasets.Dataset:
+                        max_length: int = 1024, max_prompt_length: int = 512,
+                        truncation_mode: str = "keep_end") -> datasets.Dataset:
     """Add ref_<c>_logps = Σ log π_t(response | prompt) for each chat column c present.
 
     c ∈ CHAT_COLUMNS (chosen, rejected → ref_chosen_logps, ref_rejected_logps; response →
@@ -474,7 +508,7 @@ def add_reference_logps(dataset: datasets.Dataset, model, tokenizer, batch_size:
         for column in columns:
             done = dataset[f"{column}_finished"] if f"{column}_finished" in dataset.column_names else None
             encoded = [encode_chat(tokenizer, chat, max_length, max_prompt_length,
-                                   finished=True if done is None else done[i])
+                                   finished=True if done is None else done[i], truncation_mode=truncation_mode)
                        for i, chat in enumerate(dataset[column])]
             sums = []
             with torch.no_grad():

@@ -314,6 +314,45 @@ def check_finite_weights(folder) -> None:
                                      f"it is not published; lower train.learning_rate or check the training data")
 
 
+def weight_change(before, after) -> dict:
+    """How far training moved a model: ‖θ_after − θ_before‖₂ / ‖θ_before‖₂ over the floating-point tensors both
+    saved models hold, the largest |Δθ|, and how many of those tensors changed at all.
+
+    Read one tensor at a time from the safetensors files (the shard layouts may differ), summed in float64.
+    """
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    def tensor_files(folder) -> dict:
+        found = {}
+        for shard in sorted(Path(folder).glob("*.safetensors")):
+            with safe_open(str(shard), framework="pt") as f:
+                found.update({key: shard for key in f.keys()})
+        if not found:
+            raise FileNotFoundError(f"no .safetensors weights in {folder}")
+        return found
+
+    old, new = tensor_files(before), tensor_files(after)
+    moved_sq = base_sq = largest = 0.0
+    changed = compared = 0
+    for key in sorted(set(old) & set(new)):
+        with safe_open(str(old[key]), framework="pt") as f:
+            a = f.get_tensor(key)
+        with safe_open(str(new[key]), framework="pt") as f:
+            b = f.get_tensor(key)
+        if not a.is_floating_point() or a.shape != b.shape:
+            continue
+        delta = b.double() - a.double()
+        compared += 1
+        changed += bool(delta.abs().max() > 0)
+        moved_sq += float((delta ** 2).sum())
+        base_sq += float((a.double() ** 2).sum())
+        largest = max(largest, float(delta.abs().max()))
+    return {"relative_l2": (moved_sq ** 0.5) / max(base_sq ** 0.5, 1e-30), "max_abs": largest,
+            "changed_tensors": changed, "tensors": compared}
+
+
 def merge_lora_on_disk(base_dir, adapter_dir, output_dir) -> str:
     """W ← W + (α/r)·B·A for every LoRA-adapted weight, one safetensors shard at a time.
 

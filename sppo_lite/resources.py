@@ -38,10 +38,12 @@ def recipe_path(path) -> Path:
     """A recipe to read: the file when it exists, else a shipped recipe by name ("cpu-tiny") or by its
     repository path ("configs/cpu-tiny.yaml", as the docs write it) from any working directory."""
     given = Path(path)
-    if given.is_file() or given.is_absolute():
+    if given.is_file():
         return given
-    candidates = [PROJECT_ROOT / given]
-    if given.parent == Path("."):  # a bare name: cpu-tiny or cpu-tiny.yaml
+    if given.is_dir():
+        raise ValueError(f"config file {path} does not exist (it is a folder): give a YAML file")
+    candidates = [] if given.is_absolute() else [PROJECT_ROOT / given]
+    if not given.is_absolute() and given.parent == Path("."):  # a bare name: cpu-tiny or cpu-tiny.yaml
         candidates.insert(0, PROJECT_ROOT / "configs" / (given.name if given.suffix == ".yaml" else f"{given.name}.yaml"))
     for candidate in candidates:
         if candidate.is_file():

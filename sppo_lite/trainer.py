@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -39,8 +40,10 @@ from sppo_lite.modeling import keep_4bit_trainable
 from sppo_lite.losses import (LOSSES, dpo_loss, ipo_loss, sppo_hard_loss, sppo_loss, sppo_pair_loss,
                               sppo_single_loss)
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["REFERENCES", "SPPOConfig", "SPPOCollator", "SPPOTrainer", "required_columns", "train_sppo",
-           "train_and_merge", "last_complete_checkpoint"]
+           "train_and_merge", "last_complete_checkpoint", "planned_learning_rates", "check_training_moves", "model_card"]
 
 REFERENCES = ("precomputed", "on_the_fly")
 # Win-probability columns each loss reads from pair rows (sppo_hard, dpo, ipo read none).
@@ -54,9 +57,23 @@ _WIN_PROB_STATS = {"chosen_probs_win": "win_prob/chosen", "chosen_probs_lose": "
 
 @dataclass
 class SPPOConfig(TrainingArguments):
-    """TrainingArguments plus the SPPO settings; β = 1/η (the paper's η = 1000 is β = 0.001)."""
+    """TrainingArguments plus the SPPO settings; β = 1/η (the paper's η = 1000 is β = 0.001).
 
-    loss_type: str = field(default="sppo", metadata={"help": f"one of {', '.join(LOSSES)}"})
+    As TRL 1.x's DPOConfig: loss_type also as a one-element list (["sppo"]), disable_dropout (default on: every
+    dropout of the model, a LoRA adapter's included, is switched off), precompute_ref_log_probs and
+    precompute_ref_batch_size, truncation_mode, model_init_kwargs, and DPOConfig's defaults where the meaning
+    is the same: learning_rate 1e-6, logging_steps 10, activation (gradient) checkpointing on.
+    Where it differs from DPOConfig, on purpose:
+      - loss_type: sppo, sppo_single, sppo_hard, dpo, ipo (default sppo); one loss, no loss_weights.
+      - truncation_mode: default "keep_end" (the official SPPO code's: the prompt keeps its last
+        max_prompt_length tokens); "keep_start" is TRL 1.x's default. max_prompt_length is kept for it.
+      - ipo: (Δ_c − Δ_r − 1/(2β))² on the sequences' summed log-ratios, as the IPO paper's Eq. 17 is written;
+        TRL's ipo divides each Δ by its completion's token count (tests/test_trl_parity.py measures both).
+      - sppo_hard: the mean of its two squared terms (the official code), TRL's their sum (×2).
+      - bf16: off unless asked (CPU labs); DPOConfig turns it on unless fp16 is set.
+    """
+
+    loss_type: str = field(default="sppo", metadata={"help": f"one of {', '.join(LOSSES)} (or a list of one, as TRL)"})
     beta: float = field(default=0.001, metadata={"help": "β = 1/η > 0; targets are (P̂ − ½)/β"})
     max_length: int = field(default=1024, metadata={"help": "prompt + response tokens per sequence"})
     max_prompt_length: int = field(default=512, metadata={"help": "prompt tokens kept (the last ones)"})
@@ -68,8 +85,29 @@ class SPPOConfig(TrainingArguments):
         "help": "keyword arguments of AutoModelForCausalLM.from_pretrained when the model is given by id or folder"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "must stay False: the "
                                         "collator reads the chat and probability columns"})
+    disable_dropout: bool = field(default=True, metadata={
+        "help": "switch off every dropout of the model and ref_model (a LoRA adapter's too), as TRL"})
+    truncation_mode: str = field(default="keep_end", metadata={
+        "help": "past max_length: keep_end keeps the prompt's last max_prompt_length tokens (the official SPPO "
+                "code's), keep_start the sequence's first max_length tokens (TRL 1.x's)"})
+    precompute_ref_batch_size: int | None = field(default=None, metadata={
+        "help": "batch size of precompute_ref_log_probs (default: the train / eval batch size), as TRL"})
+    # DPOConfig's defaults where TrainingArguments' differ
+    learning_rate: float = field(default=1e-6, metadata={"help": "the initial learning rate (DPOConfig's default)"})
+    logging_steps: float = field(default=10, metadata={"help": "log every N steps (DPOConfig's default)"})
+    activation_checkpointing: bool | None = field(default=True, metadata={
+        "help": "recompute activations in the backward pass to save memory (DPOConfig's default)"})
 
     def __post_init__(self):
+        if isinstance(self.loss_type, (list, tuple)):  # TRL 1.x writes loss_type=["sigmoid"]
+            if len(self.loss_type) != 1:
+                raise ValueError(f"loss_type {list(self.loss_type)}: SPPOTrainer trains one loss, not TRL's "
+                                 f"weighted combinations; give one of {', '.join(LOSSES)}")
+            self.loss_type = self.loss_type[0]
+        from sppo_lite.data import TRUNCATION_MODES
+
+        if self.truncation_mode not in TRUNCATION_MODES:
+            raise ValueError(f"truncation_mode must be one of {', '.join(TRUNCATION_MODES)}, got {self.truncation_mode!r}")
         if self.loss_type not in LOSSES:
             raise ValueError(f"loss_type must be one of {', '.join(LOSSES)}, got {self.loss_type!r}")
         if not self.beta > 0:
@@ -121,6 +159,8 @@ def _check_columns(dataset, name: str, loss_type: str, reference: str, precomput
         fix = ("run sppo_lite.data.add_reference_logps on it, or set precompute_ref_log_probs=True, or pass "
                "reference='on_the_fly'"
                if any(c.startswith("ref_") for c in missing) else "build it with sppo_lite.data.build_sppo_dataset")
+        if name.endswith(".parquet"):  # a build stage's artifact
+            fix = f"rebuild it (sppo-lite build --force), or {fix}"
         raise ValueError(f"{name} lacks column(s) {', '.join(missing)} needed by loss_type={loss_type!r} "
                          f"with reference={reference!r} (found {', '.join(columns)}): {fix}")
 
@@ -133,12 +173,14 @@ class SPPOCollator:
     tokenizer: PreTrainedTokenizerBase
     max_length: int = 1024
     max_prompt_length: int = 512
+    truncation_mode: str = "keep_end"
 
     def __call__(self, rows: list[dict]) -> dict:
         columns = ("chosen", "rejected") if "chosen" in rows[0] else ("response",)
         chats = [(r[c], r.get(f"{c}_finished", True)) for c in columns for r in rows]
         batch = pad_chat_batch([encode_chat(self.tokenizer, chat, self.max_length, self.max_prompt_length,
-                                            finished=done) for chat, done in chats], self.tokenizer)
+                                            finished=done, truncation_mode=self.truncation_mode)
+                                for chat, done in chats], self.tokenizer)
         batch.update({name: torch.tensor([r[name] for r in rows], dtype=torch.float32)
                       for name in _FLOAT_COLUMNS if name in rows[0]})
         return batch
@@ -240,7 +282,12 @@ class SPPOTrainer(Trainer):
             eval_dataset = checked["eval_dataset"]
         _check_reference(model, ref_model, args.reference, args.precompute_ref_log_probs)
         keep_4bit_trainable(model)
-        collator = data_collator or SPPOCollator(processing_class, args.max_length, args.max_prompt_length)
+        if args.disable_dropout:  # as TRL: every nn.Dropout of the model (a LoRA adapter's too) gets p = 0
+            _disable_dropout(model)
+            if ref_model is not None:
+                _disable_dropout(ref_model)
+        collator = data_collator or SPPOCollator(processing_class, args.max_length, args.max_prompt_length,
+                                                 args.truncation_mode)
         fsdp_on_cpu()  # an FSDP launch without a GPU gets FSDP, not a silent DDP (sppo_lite.engines)
         super().__init__(model=model, args=args, data_collator=collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
@@ -266,7 +313,7 @@ class SPPOTrainer(Trainer):
         """
         from sppo_lite.data import add_reference_logps
 
-        def add(dataset):
+        def add(dataset, batch_size):
             if dataset is None or not hasattr(dataset, "column_names") or not _missing_ref(dataset):
                 return dataset
             ref = self.ref_model if self.ref_model is not None else self.model
@@ -274,15 +321,27 @@ class SPPOTrainer(Trainer):
                            if self.ref_model is None and isinstance(self.accelerator.unwrap_model(ref), PeftModel)
                            else contextlib.nullcontext())
             with adapter_off:
-                return add_reference_logps(dataset, ref, self.processing_class,
-                                           batch_size=self.args.per_device_eval_batch_size,
-                                           max_length=self.args.max_length, max_prompt_length=self.args.max_prompt_length)
+                return add_reference_logps(dataset, ref, self.processing_class, batch_size=batch_size,
+                                           max_length=self.args.max_length, max_prompt_length=self.args.max_prompt_length,
+                                           truncation_mode=self.args.truncation_mode)
 
-        self.train_dataset = add(self.train_dataset)
+        own = self.args.precompute_ref_batch_size  # TRL's: else the train / eval batch size
+        self.train_dataset = add(self.train_dataset, own or self.args.per_device_train_batch_size)
         if isinstance(self.eval_dataset, dict):
-            self.eval_dataset = {k: add(v) for k, v in self.eval_dataset.items()}
+            self.eval_dataset = {k: add(v, own or self.args.per_device_eval_batch_size) for k, v in self.eval_dataset.items()}
         else:
-            self.eval_dataset = add(self.eval_dataset)
+            self.eval_dataset = add(self.eval_dataset, own or self.args.per_device_eval_batch_size)
+
+    _tag_names = ["sppo-lite", "sppo"]
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
+                          tags: list[str] | None = None, base_model: str | None = None, **kwargs) -> None:
+        """README.md in args.output_dir: a model card with sppo-lite's tags, the loss, β and the base model (a Hub
+        id only, never a local path), as TRL's trainers write one; push_to_hub uploads it when asked."""
+        card = model_card(self.args, base_model=base_model or _hub_id(self.model), dataset_name=dataset_name,
+                          tags=tags, model_name=model_name)
+        if self.is_world_process_zero():
+            card.save(str(Path(self.args.output_dir) / "README.md"))
 
     def train(self, resume_from_checkpoint=None, **kwargs):
         """Trainer.train; resume_from_checkpoint=True takes the newest *complete* checkpoint, and train_loss
@@ -418,11 +477,45 @@ def _check_reference(model, ref_model, reference: str, precompute: bool = False)
                          "fresh adapter, or use reference='precomputed'")
 
 
+def _hub_id(model) -> str | None:
+    """The Hub id a model was loaded from, or None when it came from a local folder (no machine paths in cards)."""
+    import os
+
+    name = getattr(getattr(model, "config", None), "_name_or_path", None) or getattr(model, "name_or_path", None)
+    return name if isinstance(name, str) and name.count("/") == 1 and not os.path.exists(name) else None
+
+
+def model_card(args: SPPOConfig, base_model: str | None = None, dataset_name: str | None = None,
+               tags: list[str] | None = None, model_name: str | None = None, iteration: int | None = None):
+    """A huggingface_hub ModelCard for a model trained by SPPOTrainer: tags sppo-lite, sppo and the loss."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    data = ModelCardData(library_name="transformers", base_model=base_model, datasets=[dataset_name] if dataset_name else None,
+                         tags=sorted({*SPPOTrainer._tag_names, args.loss_type, *(tags or [])}))
+    title = model_name or ("SPPO iteration " + str(iteration) if iteration else "A model trained with SPPO")
+    body = (f"# {title}\n\nTrained with [sppo-lite](https://arxiv.org/abs/2405.00675)'s SPPOTrainer "
+            f"(Self-Play Preference Optimization): loss_type `{args.loss_type}`, β = {args.beta} (η = 1/β = "
+            f"{1 / args.beta:g}), learning rate {args.learning_rate:g}, {args.num_train_epochs:g} epoch(s), "
+            f"per-device batch {args.per_device_train_batch_size}."
+            + (f"\n\nStarted from `{base_model}`." if base_model else "") + "\n")
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def _disable_dropout(model) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
 def _load_model(name: str, args: SPPOConfig, processing_class):
-    """A model id or folder → (model, tokenizer), as TRL's trainers load a model given by name."""
+    """A model id, folder or sppo-lite named model ("smollm2-135m-instruct") → (model, tokenizer), as TRL's
+    trainers load a model given by name."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sppo_lite.modeling import require_chat_template
+    from sppo_lite.modeling import NAMED_MODELS, named_model_dir, require_chat_template
+
+    if name in NAMED_MODELS:
+        name = named_model_dir(name)
 
     model = AutoModelForCausalLM.from_pretrained(name, **(args.model_init_kwargs or {}))
     if processing_class is None:
@@ -467,6 +560,42 @@ def _mixed_precision(bf16) -> dict:
     return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
 
 
+def planned_learning_rates(args: TrainingArguments, n_rows: int) -> list[float]:
+    """The learning rate of every optimizer step a Trainer will take on n_rows rows with `args`
+    (steps = epochs × ⌈⌈rows / (batch × processes)⌉ / accumulation⌉, or max_steps), from the same scheduler."""
+    import math
+
+    from transformers import get_scheduler
+
+    batches = math.ceil(math.ceil(n_rows / args.world_size) / args.per_device_train_batch_size)
+    per_epoch = max(math.ceil(batches / args.gradient_accumulation_steps), 1)
+    steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * per_epoch)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.get_warmup_steps(steps),
+                              num_training_steps=steps, scheduler_specific_kwargs=args.lr_scheduler_kwargs or {})
+    rates = []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def check_training_moves(args: TrainingArguments, n_rows: int, name: str) -> list[float]:
+    """Refuse a training that cannot move the weights (every step at learning rate 0, e.g. 1 step inside the
+    warmup); warn when it takes fewer than 2 steps. Returns the planned learning rates."""
+    rates = planned_learning_rates(args, n_rows)
+    if not any(r > 0 for r in rates):
+        raise ValueError(f"{name}: training on {n_rows} rows would take {len(rates)} optimizer step(s), every one at "
+                         f"learning rate 0 (warmup_steps = {args.warmup_steps}), so the model would not move: set "
+                         f"train.warmup_steps=0, or lower train.per_device_train_batch_size, or raise "
+                         f"train.num_train_epochs")
+    if len(rates) < 2:
+        logger.warning("%s: training takes %d optimizer step(s) only (%d rows): lower per_device_train_batch_size "
+                       "or raise num_train_epochs for a model that learns", name, len(rates), n_rows)
+    return rates
+
+
 def train_and_merge(policy_path, dataset_path, output_dir, checkpoint_dir, mode: str = "full", dtype=None,
                     seed: int = 0, lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05,
                     bf16="auto", save_steps: int = 500, **config) -> tuple[dict, list]:
@@ -492,10 +621,18 @@ def train_and_merge(policy_path, dataset_path, output_dir, checkpoint_dir, mode:
     # data-parallel (gloo); without it every rank trains alone.
     config.setdefault("report_to", [])  # train.report_to: [wandb], [tensorboard], ...
     config.setdefault("save_total_limit", 1)
+    config.setdefault("activation_checkpointing", False)  # load_policy sets it up (gradient_checkpointing above)
+    config.setdefault("disable_dropout", False)  # a recipe's lora_dropout is meant; train.disable_dropout=true: TRL's
     args = SPPOConfig(output_dir=str(checkpoint_dir), seed=seed, save_strategy="steps", save_steps=save_steps,
                       dataloader_pin_memory=on_gpu, use_cpu=not on_gpu, **_mixed_precision(bf16), **config)
-    dataset = Dataset.from_parquet(str(dataset_path))
+    try:
+        dataset = Dataset.from_parquet(str(dataset_path))
+    except Exception as err:  # pyarrow's messages do not name the file
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"{dataset_path} cannot be read ({first}): rebuild it (sppo-lite build --force)") from None
     check_training_values(dataset, str(dataset_path))  # before loading anything
+    _check_columns(dataset, str(dataset_path), args.loss_type, args.reference, args.precompute_ref_log_probs)
+    check_training_moves(args, len(dataset), str(dataset_path))
     set_seed(seed)  # the fresh LoRA adapter's initialisation is part of the run: seed it
     model, tokenizer = load_policy(policy_path, mode=mode, dtype=dtype, lora_r=lora_r, lora_alpha=lora_alpha,
                                    lora_dropout=lora_dropout, gradient_checkpointing=gradient_checkpointing)
@@ -520,6 +657,8 @@ def train_and_merge(policy_path, dataset_path, output_dir, checkpoint_dir, mode:
                        Path(checkpoint_dir) / "adapter", output_dir)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(output_dir))
+        model_card(args, base_model=_hub_id(trainer.accelerator.unwrap_model(trainer.model))).save(
+            str(output_dir / "README.md"))
     if trainer.is_deepspeed_enabled:
         _leave_zero3()
     return metrics, history

@@ -18,7 +18,7 @@ def tiny_config(tmp_path, **overrides):
         "generation": {"k": 3, "max_new_tokens": 6, "batch_size": 4, "shard_size": 2},
         "judge": {"type": "length", "device": "cpu", "shard_size": 2},
         "build": {"ref_batch_size": 4},
-        "train": {"max_length": 256, "max_prompt_length": 200},
+        "train": {"max_length": 256, "max_prompt_length": 200, "warmup_steps": 0},  # 1 step in a warmup trains at lr 0
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(base))

@@ -275,7 +275,7 @@ def test_reproduce_runs_04_then_05_on_one_run_dir(tmp_path, monkeypatch):
                    "05_evaluation": {"notebook": "05_evaluation"}}
     written = json.loads((tmp_path / "D" / "reproduce.json").read_text())
     assert written["gpus"] == 8 and set(written["wall_s"]) == set(out)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(ValueError, match="missing.yaml does not exist; give a YAML path or a shipped recipe name"):
         reproduce.reproduce(tmp_path / "E", config=tmp_path / "missing.yaml", gpus=1)
 
 

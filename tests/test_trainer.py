@@ -319,7 +319,8 @@ def test_gradient_checkpointing_really_recomputes_in_training(policy_dir, pairs,
         model, tok = load_policy(policy_dir, mode="lora", lora_r=4, gradient_checkpointing=on)
         calls = []
         model.base_model.model.model.layers[0].self_attn.q_proj.register_forward_hook(lambda *_: calls.append(1))
-        SPPOTrainer(model.train(), args=config(tmp_path, reference="on_the_fly", max_steps=1, per_device_train_batch_size=2),
+        SPPOTrainer(model.train(), args=config(tmp_path, reference="on_the_fly", max_steps=1, per_device_train_batch_size=2,
+                                              activation_checkpointing=False),
                     train_dataset=pairs.select(range(2)), processing_class=tok).train()
         counts[on] = len(calls)
     # on_the_fly adds one no-grad reference forward per step, which is never recomputed.

@@ -111,3 +111,99 @@ def test_metric_names_and_values_match_trl_dpo_trainer(pairs, policy_dir, tmp_pa
     for name in ("logps/chosen", "logps/rejected"):
         assert mine[name] == pytest.approx(theirs[name], rel=1e-4), name
     assert mine["loss"] == pytest.approx(theirs["loss"] / 2, rel=1e-4)
+
+
+# ---------------------------------------------------------------- TRL 1.x options and defaults
+
+def test_trl_1x_options_and_dpo_config_defaults(tmp_path):
+    trl = pytest.importorskip("trl")
+    ours = SPPOConfig(output_dir=str(tmp_path), use_cpu=True)
+    theirs = trl.DPOConfig(output_dir=str(tmp_path), use_cpu=True)
+    for name in ("learning_rate", "logging_steps", "activation_checkpointing", "disable_dropout",
+                 "precompute_ref_log_probs", "precompute_ref_batch_size", "max_length"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert SPPOConfig(output_dir=str(tmp_path), loss_type=["sppo_hard"]).loss_type == "sppo_hard"
+    with pytest.raises(ValueError, match="trains one loss, not TRL's weighted combinations"):
+        SPPOConfig(output_dir=str(tmp_path), loss_type=["sppo", "dpo"])
+    with pytest.raises(ValueError, match="truncation_mode must be one of keep_end, keep_start"):
+        SPPOConfig(output_dir=str(tmp_path), truncation_mode="keep_middle")
+
+
+def test_truncation_modes_keep_the_prompt_end_or_the_sequence_start(tokenizer):
+    from sppo_lite.data import encode_chat
+
+    chat = [{"role": "user", "content": "one two three four five six seven eight nine ten " * 3},
+            {"role": "assistant", "content": "alpha beta gamma delta epsilon"}]
+    whole = encode_chat(tokenizer, chat, max_length=4096, max_prompt_length=4000)
+    n_prompt, ids = whole["prompt_length"], whole["input_ids"]
+    end = encode_chat(tokenizer, chat, max_length=n_prompt, max_prompt_length=10)
+    assert end["input_ids"] == ids[n_prompt - 10:n_prompt] + ids[n_prompt:2 * n_prompt - 10]
+    start = encode_chat(tokenizer, chat, max_length=n_prompt + 3, max_prompt_length=10, truncation_mode="keep_start")
+    assert start["input_ids"] == ids[:n_prompt + 3] and start["prompt_length"] == n_prompt
+
+
+def test_disable_dropout_switches_off_lora_dropout_as_trl(pairs, policy_dir, tmp_path):
+    model, tok = load_policy(policy_dir)
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.3, target_modules="all-linear", task_type="CAUSAL_LM")
+    dropouts = []
+    for disable in (True, False):
+        trainer = SPPOTrainer(load_policy(policy_dir)[0], args=args(tmp_path, disable_dropout=disable, max_steps=1,
+                                                                    precompute_ref_log_probs=True),
+                              train_dataset=pairs, processing_class=tok, peft_config=lora)
+        dropouts.append({m.p for m in trainer.model.modules() if isinstance(m, torch.nn.Dropout)})
+    assert dropouts == [{0.0}, {0.3}]
+
+
+def test_precompute_ref_batch_size_is_used(pairs, policy_dir, tmp_path, monkeypatch):
+    import sppo_lite.data as data
+
+    seen, real = [], data.add_reference_logps
+    monkeypatch.setattr(data, "add_reference_logps", lambda *a, **k: seen.append(k["batch_size"]) or real(*a, **k))
+    model, tok = load_policy(policy_dir)
+    for own in (3, None):
+        SPPOTrainer(load_policy(policy_dir)[0], args=args(tmp_path, max_steps=1, precompute_ref_log_probs=True,
+                                                          precompute_ref_batch_size=own, per_device_train_batch_size=2),
+                    train_dataset=pairs, processing_class=tok).train()
+    assert seen == [3, 2]  # its own, else the train batch size (TRL's rule)
+
+
+def test_a_model_card_with_tags(pairs, policy_dir, tmp_path):
+    model, tok = load_policy(policy_dir)
+    trainer = SPPOTrainer(model, args=args(tmp_path, loss_type="sppo_hard", max_steps=1, precompute_ref_log_probs=True),
+                          train_dataset=pairs, processing_class=tok)
+    trainer.create_model_card(dataset_name="my/pairs")
+    text = (tmp_path / "README.md").read_text()
+    assert text.startswith("---\n") and "- sppo-lite\n" in text and "- sppo_hard\n" in text and "my/pairs" in text
+    assert str(tmp_path) not in text and "β = 0.1" in text
+
+
+def test_ipo_sums_the_log_ratios_where_trl_averages_them_per_token(pairs, policy_dir, tmp_path):
+    """The documented difference, measured: on the same pairs and models, sppo-lite's ipo loss is
+    mean((Δ_c − Δ_r − 1/(2β))²) with Δ summed over the response tokens; TRL's divides each Δ by its length."""
+    trl = pytest.importorskip("trl")
+    from sppo_lite.data import encode_chat
+
+    policy, tok = load_policy(policy_dir)
+    ref = build_tiny_model(tok, seed=11)  # another model as the reference: Δ ≠ 0
+    scored = add_reference_logps(pairs, ref, tok)
+    mine = add_reference_logps(pairs, policy, tok)
+    dc = torch.tensor(mine["ref_chosen_logps"]) - torch.tensor(scored["ref_chosen_logps"])
+    dr = torch.tensor(mine["ref_rejected_logps"]) - torch.tensor(scored["ref_rejected_logps"])
+    lengths = {c: torch.tensor([float(len(e["input_ids"]) - e["prompt_length"]) for e in
+                                (encode_chat(tok, chat) for chat in pairs[c])]) for c in ("chosen", "rejected")}
+    summed = float(((dc - dr - 0.5 / BETA) ** 2).mean())
+    averaged = float(((dc / lengths["chosen"] - dr / lengths["rejected"] - 0.5 / BETA) ** 2).mean())
+
+    ours = SPPOTrainer(load_policy(policy_dir)[0], args=args(tmp_path / "ours", loss_type="ipo", max_steps=1,
+                                                             learning_rate=0.0), train_dataset=scored,
+                       processing_class=tok)
+    ours.train()
+    trl_rows = explicit_prompt(pairs).select_columns(["prompt", "chosen", "rejected"])
+    dpo = trl.DPOTrainer(model=load_policy(policy_dir)[0], ref_model=ref, args=trl.DPOConfig(
+        output_dir=str(tmp_path / "trl"), loss_type=["ipo"], beta=BETA, max_steps=1, learning_rate=0.0,
+        per_device_train_batch_size=4, logging_steps=1, report_to="none", use_cpu=True, disable_tqdm=True,
+        max_length=1024), train_dataset=trl_rows, processing_class=tok)
+    dpo.train()
+    assert ours.state.log_history[0]["loss"] == pytest.approx(summed, rel=1e-4)
+    assert dpo.state.log_history[0]["loss"] == pytest.approx(averaged, rel=1e-3)
+    assert abs(summed - averaged) > 0.05 * averaged

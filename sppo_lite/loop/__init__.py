@@ -25,7 +25,7 @@ data-parallel through the Trainer (DDP; DeepSpeed / FSDP for full fine-tuning vi
 from .artifacts import RunLock, RunLocked, content_hash, model_identity, ranks, read_manifest
 from .config import (DEFAULT_CONFIG, JUDGE_TYPES, apply_overrides, check_config, check_iterations, check_prompt_source,
                      load_config, read_yaml_mapping)
-from .run import ARTIFACTS, STAGES, Run, StageChanged, quiet_datasets, run_all, run_iteration
+from .run import ARTIFACTS, STAGES, Run, StageChanged, quiet_datasets, run_all, run_iteration, summary_rows, summary_table
 from .stages import (STAGE_FUNCTIONS, build_stage, device_for, generate_stage, iteration_prompts, judge_stage,
                      make_judge, run_shards, train_stage)
 
@@ -33,4 +33,4 @@ __all__ = ["STAGES", "ARTIFACTS", "DEFAULT_CONFIG", "JUDGE_TYPES", "STAGE_FUNCTI
            "read_yaml_mapping", "check_config", "check_iterations", "check_prompt_source", "Run", "StageChanged", "RunLock", "RunLocked",
            "run_iteration", "run_all", "quiet_datasets", "read_manifest", "content_hash", "model_identity", "ranks",
            "iteration_prompts", "make_judge", "run_shards", "device_for", "generate_stage", "judge_stage",
-           "build_stage", "train_stage"]
+           "build_stage", "train_stage", "summary_rows", "summary_table"]

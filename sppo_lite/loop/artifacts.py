@@ -101,6 +101,18 @@ def wait_until(condition, poll_s: float = 0.5) -> None:
         time.sleep(poll_s)
 
 
+def _process_start_time(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch), from /proc on Linux; None where that cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])  # field 22 of proc(5), starttime, in clock ticks after boot
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
 def ranks() -> tuple[int, int]:
     """(rank, world size) of this process: accelerate's PartialState under torchrun / accelerate launch, (0, 1) alone."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -155,7 +167,8 @@ class RunLock:
             RunLock._held[key][0] += 1
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+              "since": time.time()}  # a live pid that started after this is another process (a reused pid)
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -228,7 +241,14 @@ class RunLock:
         except ProcessLookupError:
             return True
         except PermissionError:
-            return False
+            return self._reused(holder)
         except (KeyError, TypeError, ValueError, OSError) as err:
             return getattr(err, "errno", None) == errno.ESRCH
-        return False
+        return self._reused(holder)
+
+    @staticmethod
+    def _reused(holder: dict) -> bool:
+        """The pid runs, but a process that started after the lock was taken: the holder died, its pid was reused."""
+        started = _process_start_time(int(holder["pid"]))
+        since = holder.get("since")
+        return started is not None and isinstance(since, (int, float)) and started > since + 2.0

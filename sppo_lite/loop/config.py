@@ -94,6 +94,13 @@ _DTYPES = (None, "float32", "float16", "bfloat16")
 
 # ---------------------------------------------------------------- reading
 
+def _did_you_mean(key: str, known) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _merge(base: dict, update: dict, where: str = "", open_keys=("train",)) -> dict:
     out = copy.deepcopy(base)
     for key, value in (update or {}).items():
@@ -101,7 +108,8 @@ def _merge(base: dict, update: dict, where: str = "", open_keys=("train",)) -> d
             if where.rstrip(".") in open_keys:  # train: any TrainingArguments field, checked later
                 out[key] = value
                 continue
-            raise ValueError(f"unknown config key {where + key!r}; known here: {', '.join(sorted(base))}")
+            raise ValueError(f"unknown config key {where + key!r}{_did_you_mean(key, base)}; known here: "
+                             f"{', '.join(sorted(base))}")
         if isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise ValueError(f"config key {where + key!r} must be a mapping of key: value, got {value!r}")
@@ -194,6 +202,9 @@ def load_config(path=None, overrides=None, updates: dict | None = None) -> dict:
         config = _merge(config, _source_from(read_yaml_mapping(path), Path(path).resolve().parent))
     config = _merge(config, _source_from(updates or {}, Path.cwd()))
     config = _merge(config, _source_from(_overrides_to_dict(overrides), Path.cwd()))
+    loss = config["train"].get("loss_type")
+    if isinstance(loss, list) and len(loss) == 1:  # TRL 1.x's form, loss_type: [sppo]
+        config["train"]["loss_type"] = loss[0]
     check_config(config)
     return config
 
@@ -357,7 +368,7 @@ def _check_train(config: dict) -> None:
         if key in _TRAIN_SET_BY_LOOP:
             raise ValueError(f"config key train.{key} is set by {_TRAIN_SET_BY_LOOP[key]}: remove it from train")
         if key not in fields and key not in _TRAIN_OWN:
-            raise ValueError(f"unknown config key 'train.{key}': train takes the keys of DEFAULT_CONFIG['train'] and "
+            raise ValueError(f"unknown config key 'train.{key}'{_did_you_mean(key, [*fields, *_TRAIN_OWN])}: train takes the keys of DEFAULT_CONFIG['train'] and "
                              f"any transformers.TrainingArguments field (e.g. weight_decay, max_grad_norm, report_to)")
     # The TrainingArguments themselves check the rest (optimizer and scheduler names, report_to
     # integrations that are not installed, ...): build them once now, before any work.
@@ -370,6 +381,27 @@ def _check_train(config: dict) -> None:
     except (ValueError, TypeError, ImportError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"config section train is not accepted by TrainingArguments: {first}") from None
+    _check_report_to(tr.get("report_to", []))
+
+
+def _check_report_to(report_to) -> None:
+    """Each train.report_to integration is one transformers knows and is installed: the Trainer would
+    only find out after generate, judge and build have run."""
+    from transformers.integrations.integration_utils import (INTEGRATION_TO_CALLBACK,
+                                                             get_available_reporting_integrations)
+
+    if report_to is None or report_to in ("none", "all"):
+        return
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    for name in names:
+        if name == "none":
+            continue
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise ValueError(f"config key train.report_to: {name!r} is not an integration transformers knows; "
+                             f"use one of {', '.join(sorted(INTEGRATION_TO_CALLBACK))}, or none")
+        if name not in get_available_reporting_integrations():
+            raise ValueError(f"config key train.report_to asks for {name}, which is not installed: pip install "
+                             f"{name}, or drop it from train.report_to")
 
 
 def check_iterations(config: dict, iterations) -> int:

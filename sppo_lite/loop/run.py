@@ -18,7 +18,8 @@ from typing import Callable
 from .artifacts import (RunLock, content_hash, hash_obj, model_identity, publish, ranks, read_manifest,
                         wait_until, write_json_atomic, write_text_atomic)
 
-__all__ = ["STAGES", "ARTIFACTS", "StageChanged", "Run", "run_iteration", "run_all", "quiet_datasets"]
+__all__ = ["STAGES", "ARTIFACTS", "StageChanged", "Run", "run_iteration", "run_all", "quiet_datasets", "summary_rows",
+           "summary_table"]
 
 STAGES = ("generate", "judge", "build", "train")
 # What each stage publishes under iter{t}/{stage}/.
@@ -155,11 +156,14 @@ class Run:
         forced stage and everything after it will be redone, so nothing later is checked.
         """
         from .config import check_prompt_source
-        from .stages import STAGE_SPECS
+        from .stages import STAGE_SPECS, check_prompts_fit
 
         check_prompt_source(self.config)
         with self.lock:
             if ranks()[0] == 0:
+                for t in range(1, iterations + 1):  # every iteration's prompts parse, and some fit, before any work
+                    if read_manifest(self.stage_dir(t, "generate")) is None or "generate" in force:
+                        check_prompts_fit(self, t)
                 for t in range(1, iterations + 1):
                     for stage in STAGES:
                         done = read_manifest(self.stage_dir(t, stage))
@@ -205,8 +209,11 @@ class Run:
         name = f"iter{t}/{stage}"
         if done is not None and not force:
             self._check_fingerprint(t, stage, fingerprint, done)
+            self.upstream(t, stage)  # its own artifact (a model's weights too) still matches its manifest
             self.log(f"{name}: done already, skipped ({done['summary']})")
             return done
+        if spec.check is not None:
+            spec.check(self, t)
         rank, world = ranks()
         partial, tmp = final.with_name(stage + ".partial"), final.with_name(stage + ".tmp")
         stamp, ready = partial / "config_hash", f"{config_hash} {_launch_token()}"
@@ -245,6 +252,50 @@ class Run:
         return read_manifest(final)
 
 
+def summary_rows(run: Run, iterations: int) -> list[dict]:
+    """One row per finished iteration: pairs trained on, optimizer steps, loss, mean judge win rate P̂ of the
+    chosen responses, the last logged reward margin, how far the weights moved, wall time of its four stages."""
+    import json
+
+    import numpy as np
+
+    rows = []
+    for t in range(1, iterations + 1):
+        manifests = {s: read_manifest(run.stage_dir(t, s)) for s in STAGES}
+        if manifests["train"] is None:
+            break
+        train = manifests["train"]["counts"]
+        history_file = run.stage_dir(t, "train") / "log_history.json"
+        history = json.loads(history_file.read_text()) if history_file.is_file() else []
+
+        def logged(key):
+            values = [h[key] for h in history if key in h]
+            return values
+
+        p_hat = logged("win_prob/chosen") or logged("win_prob/response") or logged("win_prob/pair")
+        margin = logged("rewards/margins")
+        rows.append({"iteration": t, "pairs": manifests["build"]["counts"]["rows"], "steps": train.get("steps"),
+                     "loss": train.get("metrics", {}).get("train_loss"),
+                     "p_hat": float(np.mean(p_hat)) if p_hat else None, "margin": margin[-1] if margin else None,
+                     "moved": (train.get("weight_change") or {}).get("relative_l2"),
+                     "seconds": sum(m.get("elapsed_s", 0) for m in manifests.values()),
+                     "model": str(run.stage_dir(t, "train") / "model")})
+    return rows
+
+
+def summary_table(rows: list[dict]) -> str:
+    """summary_rows as a fixed-width text table."""
+    def num(v, spec):
+        return "—" if v is None else format(v, spec)
+
+    lines = [f"{'iter':>4} {'pairs':>6} {'steps':>6} {'loss':>9} {'mean P̂':>7} {'margin':>8} {'‖Δθ‖/‖θ‖':>9} {'time':>8}"]
+    for r in rows:
+        lines.append(f"{r['iteration']:>4} {r['pairs']:>6} {num(r['steps'], 'd'):>6} {num(r['loss'], '.4g'):>9} "
+                     f"{num(r['p_hat'], '.3f'):>7} {num(r['margin'], '.3g'):>8} {num(r['moved'], '.2e'):>9} "
+                     f"{r['seconds']:>7.1f}s")
+    return "\n".join(lines)
+
+
 def quiet_datasets() -> None:
     """datasets' per-file progress bars would bury the one bar per stage."""
     import datasets
@@ -268,9 +319,15 @@ def run_all(config: dict, output_dir, force=(), iterations=None, log=print) -> R
     n = check_iterations(config, iterations)
     quiet_datasets()
     run = Run(config, output_dir, log)
+    new = not run.output_dir.exists()
     run.output_dir.mkdir(parents=True, exist_ok=True)
     with run.lock:
-        run.accept(n, force)
+        try:
+            run.accept(n, force)
+        except ValueError:
+            if new and ranks()[0] == 0:  # refused inputs leave nothing behind (not even a tiny model built to check them)
+                shutil.rmtree(run.output_dir, ignore_errors=True)
+            raise
         for t in range(1, n + 1):
             run_iteration(run, t, force=force)
     return run

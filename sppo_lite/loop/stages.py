@@ -22,7 +22,7 @@ from typing import Callable
 
 from .artifacts import hash_obj, model_identity, ranks, read_manifest, wait_until, write_json_atomic
 
-__all__ = ["STAGE_SPECS", "STAGE_FUNCTIONS", "generate_stage", "judge_stage", "build_stage", "train_stage",
+__all__ = ["STAGE_SPECS", "STAGE_FUNCTIONS", "check_prompts_fit", "check_responses", "check_judgements", "generate_stage", "judge_stage", "build_stage", "train_stage",
            "iteration_prompts", "make_judge", "run_shards", "device_for"]
 
 
@@ -31,6 +31,7 @@ class StageSpec:
     fingerprint: Callable  # (run, t) -> dict
     work: Callable         # (run, t, tmp, partial, **kw) -> (counts, summary); rank 0 writes the artifact in tmp
     all_ranks: bool = True
+    check: Callable | None = None  # (run, t) -> None: refuses bad inputs before any folder is made
 
 
 def device_for(name: str) -> str:
@@ -71,6 +72,31 @@ def iteration_prompts(config: dict, t: int) -> tuple[list[int], list[str]]:
     if not ids:
         raise ValueError(f"iteration {t} has no prompts: {p['source']} holds {len(prompts)}, split in {p['thirds']} parts")
     return ids, [prompts[i] for i in ids]
+
+
+def check_prompts_fit(run, t: int) -> None:
+    """With long_prompts = skip, at least one prompt of iteration t fits generation.max_prompt_tokens in π_1's
+    chat template: said in one line before any work (else the stage would sample nothing)."""
+    g = run.config["generation"]
+    if g["long_prompts"] != "skip" or g["max_prompt_tokens"] is None or ("fits", t) in run.prompt_cache:
+        return
+    from transformers import AutoTokenizer
+
+    from ..generation import _chat_ids
+
+    _, prompts = _prompts(run, t)
+    if run.config["policy"]["model"] == "tiny":  # its tokenizer alone, without building the model
+        from ..modeling import build_tiny_tokenizer
+
+        tokenizer = build_tiny_tokenizer()
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(run.base_model("policy"))
+    shortest = min(len(_chat_ids(tokenizer, p)) for p in prompts)
+    if shortest > g["max_prompt_tokens"]:
+        raise ValueError(f"no prompt of iteration {t} fits generation.max_prompt_tokens = {g['max_prompt_tokens']} "
+                         f"(the shortest of its {len(prompts)} is {shortest} tokens in the chat template): raise it, "
+                         f"or set generation.long_prompts=truncate")
+    run.prompt_cache[("fits", t)] = True
 
 
 def _prompts(run, t: int):
@@ -118,7 +144,10 @@ def run_shards(partial: Path, n: int, shard_size: int, make, desc: str, log=prin
             if i % world != rank:  # another process's shard
                 if rank == 0:
                     wait_until(stats_file.is_file)
-            elif not (shard.is_file() and stats_file.is_file()):
+            elif not (shard.is_file() and stats_file.is_file() and _readable_shard(shard)
+                      and _readable_json(stats_file)):
+                if stats_file.is_file():
+                    log(f"{desc}: {shard.name} of an earlier attempt cannot be read: made again")
                 ds, stats = make(a, b)
                 save_parquet(ds, shard)
                 write_json_atomic(stats_file, stats)  # written last: marks the shard complete
@@ -131,14 +160,73 @@ def run_shards(partial: Path, n: int, shard_size: int, make, desc: str, log=prin
         return None, None
     from datasets import Dataset
 
-    parts = [Dataset.from_parquet(str(partial / f"shard-{i:05d}.parquet")) for i in range(len(bounds))]
+    parts = [_load_parquet(partial / f"shard-{i:05d}.parquet",
+                           fix=f"delete the folder {partial} and rerun (finished stages are kept)")
+             for i in range(len(bounds))]
     return concatenate_datasets(parts), totals
 
 
-def _load_parquet(path: Path):
+def _readable_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _load_parquet(path: Path, stage: str | None = None, fix: str | None = None):
+    """A parquet artifact (in memory, read by pyarrow: an empty one is a dataset of 0 rows, not an error);
+    one line naming the file and the fix when it cannot be read."""
+    import pyarrow.parquet as pq
     from datasets import Dataset
 
-    return Dataset.from_parquet(str(path))
+    try:
+        return Dataset(pq.read_table(str(path)))
+    except Exception as err:  # pyarrow's and datasets' errors alike: none of them names the file
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"{path} cannot be read ({first}): "
+                         f"{fix or f'redo its stage with --force {stage}'}") from None
+
+
+def _readable_shard(path: Path) -> bool:
+    """Whether a finished shard's parquet opens (its footer is read, not its data)."""
+    import pyarrow.parquet as pq
+
+    try:
+        pq.ParquetFile(str(path))
+        return True
+    except Exception:
+        return False
+
+
+def check_responses(responses, k: int, name: str) -> None:
+    """Every row holds k responses and its own prompt id: what judge and build rely on, said with the file."""
+    ids = list(responses["prompt_id"])
+    wrong = [i for i, r in enumerate(responses["responses"]) if len(r) != k]
+    if wrong:
+        raise ValueError(f"{name}: row(s) {wrong[:5]} hold other than k = {k} responses: redo the stage "
+                         f"with --force generate")
+    repeated = sorted({p for p in ids if ids.count(p) > 1}) if len(set(ids)) != len(ids) else []
+    if repeated:
+        raise ValueError(f"{name}: prompt id(s) {repeated[:5]} appear more than once: redo the stage with "
+                         f"--force generate")
+
+
+def check_judgements(judged, responses, k: int, name: str) -> None:
+    """One K×K matrix of finite probabilities per response row, for the same prompt ids in the same order."""
+    import numpy as np
+
+    if list(judged["prompt_id"]) != list(responses["prompt_id"]):
+        raise ValueError(f"{name}: its prompt ids are not those of the responses: redo the judge stage "
+                         f"with --force judge")
+    for row, (pid, m) in enumerate(zip(judged["prompt_id"], judged["matrix"])):
+        m = np.asarray(m, dtype=float)
+        problem = (f"is {'×'.join(map(str, m.shape))}, not {k}×{k}" if m.shape != (k, k) else
+                   "holds NaN or inf" if not np.all(np.isfinite(m)) else
+                   "holds values outside [0, 1]" if m.min() < 0 or m.max() > 1 else None)
+        if problem:
+            raise ValueError(f"{name}: the win matrix of row {row} (prompt id {pid}) {problem}: redo the judge "
+                             f"stage with --force judge")
 
 
 # ---------------------------------------------------------------- generate
@@ -179,10 +267,7 @@ def work_generate(run, t: int, tmp: Path, partial: Path):
     ds, totals = run_shards(partial, len(ids), g["shard_size"], make, f"iter{t} generate", run.log)
     if ds is None:
         return None, None
-    wrong = [i for i, r in enumerate(ds["responses"]) if len(r) != g["k"]]
-    if wrong:
-        raise RuntimeError(f"iter{t}/generate: rows {wrong[:5]} hold other than k = {g['k']} responses; "
-                           f"redo the stage with --force generate")
+    check_responses(ds, g["k"], f"iter{t}/generate")
     ds.to_parquet(str(tmp / "responses.parquet"))
     counts = {**totals, "k": g["k"], "policy": run.policy_identity(t)}
     summary = (f"{totals.get('generated', 0)} prompts × {g['k']} responses "
@@ -257,7 +342,9 @@ def work_judge(run, t: int, tmp: Path, partial: Path, judge=None):
     from datasets import Dataset
 
     cfg, j = run.config, run.config["judge"]
-    responses = _load_parquet(run.stage_dir(t, "generate") / "responses.parquet")
+    path = run.stage_dir(t, "generate") / "responses.parquet"
+    responses = _load_parquet(path, "generate")
+    check_responses(responses, cfg["generation"]["k"], str(path))
     prompts = list(responses["prompt"])
     if j["template_prompts"]:
         prompts = _templated(run.policy_path(t), prompts)
@@ -282,7 +369,8 @@ def work_judge(run, t: int, tmp: Path, partial: Path, judge=None):
 def fingerprint_build(run, t: int) -> dict:
     cfg, tr = run.config, run.config["train"]
     return {"build": _without(cfg["build"], ("ref_batch_size",)),
-            "lengths": [tr["max_length"], tr["max_prompt_length"]],
+            "lengths": [tr["max_length"], tr["max_prompt_length"]]
+            + ([tr["truncation_mode"]] if tr.get("truncation_mode", "keep_end") != "keep_end" else []),
             "policy": run.policy_identity(t), "quantized": _quantized(cfg),
             "dtype": _resolved_dtype(cfg["policy"]["dtype"], cfg["policy"]["device"]),
             "responses": run.upstream(t, "generate"), "judgements": run.upstream(t, "judge")}
@@ -298,22 +386,26 @@ def work_build(run, t: int, tmp: Path, partial: Path):
 
     cfg, b, tr = run.config, run.config["build"], run.config["train"]
     policy = run.policy_path(t)
-    responses = _load_parquet(run.stage_dir(t, "generate") / "responses.parquet")
-    judged = _load_parquet(run.stage_dir(t, "judge") / "judgements.parquet")
-    if responses["prompt_id"] != judged["prompt_id"]:
-        raise ValueError(f"iter{t}: judgements do not match the responses: redo the judge stage with --force judge")
+    k = cfg["generation"]["k"]
+    responses_path = run.stage_dir(t, "generate") / "responses.parquet"
+    judged_path = run.stage_dir(t, "judge") / "judgements.parquet"
+    responses = _load_parquet(responses_path, "generate")
+    check_responses(responses, k, str(responses_path))
+    judged = _load_parquet(judged_path, "judge")
+    check_judgements(judged, responses, k, str(judged_path))
     matrices = [np.asarray(m, dtype=float) for m in judged["matrix"]]
     finished = responses["finished"] if "finished" in responses.column_names else None
     ds = build_sppo_dataset(responses["prompt"], responses["responses"], matrices, pair_mode=b["pair_mode"],
-                            finished=finished)
+                            finished=finished, prompt_ids=responses["prompt_id"])
     # log π_t: every process scores one contiguous slice of the rows (a resumable shard each).
     rank, world = ranks()
     slices = np.array_split(np.arange(len(ds)), world)
     shards = [partial / f"ref-{r:05d}-of-{world:05d}.parquet" for r in range(world)]
-    if len(slices[rank]) and not shards[rank].is_file():
+    if len(slices[rank]) and not (shards[rank].is_file() and _readable_shard(shards[rank])):
         model, tokenizer = _load_inference_policy(policy, cfg)
         scored = add_reference_logps(ds.select(slices[rank]), model, tokenizer, batch_size=b["ref_batch_size"],
-                                     max_length=tr["max_length"], max_prompt_length=tr["max_prompt_length"])
+                                     max_length=tr["max_length"], max_prompt_length=tr["max_prompt_length"],
+                                     truncation_mode=tr.get("truncation_mode", "keep_end"))
         save_parquet(scored, shards[rank])
     if rank != 0:
         return None, None
@@ -321,7 +413,7 @@ def work_build(run, t: int, tmp: Path, partial: Path):
     for shard in done:
         wait_until(shard.is_file)
     if done:
-        ds = concatenate_datasets([_load_parquet(shard) for shard in done])
+        ds = concatenate_datasets([_load_parquet(shard, fix=f"delete the folder {partial} and rerun") for shard in done])
     else:  # no rows: nothing to score, same columns
         for column in [c for c in CHAT_COLUMNS if c in ds.column_names]:
             ds = ds.add_column(f"ref_{column}_logps", [])
@@ -350,7 +442,7 @@ def fingerprint_train(run, t: int) -> dict:
 
 def work_train(run, t: int, tmp: Path, partial: Path):
     """π_{t+1} = SPPO training of π_t on iteration t's dataset; LoRA adapters merged for the hand-off."""
-    from ..modeling import check_finite_weights, resolve_model_dir
+    from ..modeling import check_finite_weights, resolve_model_dir, weight_change
     from ..trainer import train_and_merge
 
     cfg = run.config
@@ -370,14 +462,21 @@ def work_train(run, t: int, tmp: Path, partial: Path):
     if rank != 0:
         return None, None
     check_finite_weights(tmp / "model")  # a model with non-finite weights is never published
+    moved = weight_change(resolve_model_dir(policy), tmp / "model")
+    if moved["changed_tensors"] == 0:
+        raise ValueError(f"iter{t}/train: π_{t + 1} is bit-identical to π_{t} after {metrics.get('global_step')} "
+                         f"step(s), so it is not published: raise train.learning_rate or the number of steps "
+                         f"(num_train_epochs, a smaller per_device_train_batch_size)")
     write_json_atomic(tmp / "log_history.json", history)
     summary = (f"π_{t + 1} trained ({cfg['train']['loss_type']}, β={cfg['train']['beta']}, "
-               f"{cfg['policy']['mode']}), loss {metrics.get('train_loss', float('nan')):.4g}")
-    return {"metrics": metrics, "mode": cfg["policy"]["mode"], "steps": metrics.get("global_step", len(history))}, summary
+               f"{cfg['policy']['mode']}), {metrics.get('global_step')} steps, loss "
+               f"{metrics.get('train_loss', float('nan')):.4g}, weights moved ‖Δθ‖/‖θ‖ = {moved['relative_l2']:.2e}")
+    return {"metrics": metrics, "mode": cfg["policy"]["mode"], "steps": metrics.get("global_step", len(history)),
+            "weight_change": moved}, summary
 
 
 STAGE_SPECS = {
-    "generate": StageSpec(fingerprint_generate, work_generate),
+    "generate": StageSpec(fingerprint_generate, work_generate, check=check_prompts_fit),
     "judge": StageSpec(fingerprint_judge, work_judge),
     "build": StageSpec(fingerprint_build, work_build),
     "train": StageSpec(fingerprint_train, work_train),

@@ -1,0 +1,115 @@
+"""A training stage that cannot move the weights is refused; one that did says how far; a run ends with its table."""
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from sppo_lite import cli, loop
+from sppo_lite.modeling import weight_change
+from sppo_lite.trainer import SPPOConfig, check_training_moves, planned_learning_rates
+from shared import PROMPTS, tiny_config
+
+QUIET = dict(log=lambda *_: None)
+TRAIN = ["train.beta=0.1", "train.learning_rate=0.01", "train.optim=adamw_torch", "train.bf16=false",
+         "train.gradient_checkpointing=false", "train.per_device_train_batch_size=3"]
+
+
+def schedule(tmp_path, **kw):
+    return SPPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", **kw)
+
+
+def test_planned_learning_rates_follow_the_trainers_schedule(tmp_path):
+    # 10 rows, batch 1: 10 steps; warmup 0.1 → 1 step, then linear decay (10 − s)/9.
+    rates = planned_learning_rates(schedule(tmp_path, learning_rate=1.0, warmup_steps=0.1, num_train_epochs=1,
+                                            per_device_train_batch_size=1), 10)
+    assert rates == pytest.approx([0.0, 1.0, 8 / 9, 7 / 9, 6 / 9, 5 / 9, 4 / 9, 3 / 9, 2 / 9, 1 / 9])
+    # 7 rows, batch 2, accumulation 2, 3 epochs: ⌈⌈7/2⌉/2⌉ = 2 steps an epoch, 6 in all; constant.
+    assert planned_learning_rates(schedule(tmp_path, learning_rate=0.5, per_device_train_batch_size=2,
+                                           gradient_accumulation_steps=2, num_train_epochs=3,
+                                           lr_scheduler_type="constant"), 7) == [0.5] * 6
+    assert len(planned_learning_rates(schedule(tmp_path, max_steps=4), 1000)) == 4
+
+
+def test_a_training_inside_its_warmup_is_refused_and_one_step_is_warned(tmp_path, caplog):
+    one_step_in_warmup = schedule(tmp_path, learning_rate=1e-3, warmup_steps=0.1, per_device_train_batch_size=8,
+                                  num_train_epochs=1)
+    with pytest.raises(ValueError, match="6 rows would take 1 optimizer step\\(s\\), every one at learning rate 0"):
+        check_training_moves(one_step_in_warmup, 6, "d.parquet")
+    with caplog.at_level("WARNING"):
+        assert check_training_moves(schedule(tmp_path, learning_rate=1e-3, per_device_train_batch_size=8,
+                                             num_train_epochs=1), 6, "d.parquet") == [1e-3]
+    assert "takes 1 optimizer step(s) only" in caplog.text
+
+
+def test_the_loop_refuses_a_train_stage_at_learning_rate_0_before_loading_the_model(tmp_path):
+    config = tiny_config(tmp_path, **{"train.warmup_steps": 0.1, "train.per_device_train_batch_size": 8,
+                                      "train.learning_rate": 0.01, "train.optim": "adamw_torch"})
+    run = loop.Run(config, tmp_path / "run", **QUIET)
+    (tmp_path / "run").mkdir()
+    loop.run_iteration(run, 1, stages=("generate", "judge", "build"))
+    with pytest.raises(ValueError, match="every one at learning rate 0 \\(warmup_steps = 0.1\\)"):
+        loop.train_stage(run, 1)
+    assert loop.read_manifest(run.stage_dir(1, "train")) is None
+
+
+def test_weight_change_by_hand(tmp_path):
+    a = {"w": torch.tensor([[3.0, 0.0], [0.0, 4.0]]), "b": torch.tensor([1.0, 1.0]), "step": torch.tensor([7])}
+    b = {"w": torch.tensor([[3.0, 0.0], [0.0, 4.0]]), "b": torch.tensor([1.0, 3.0]), "step": torch.tensor([8])}
+    for name, tensors in (("a", a), ("b", b)):
+        (tmp_path / name).mkdir()
+        save_file(tensors, str(tmp_path / name / "model.safetensors"))
+    moved = weight_change(tmp_path / "a", tmp_path / "b")
+    # ‖Δ‖ = 2 over ‖θ‖ = √(9 + 16 + 1 + 1) = √27; the integer tensor is not a weight
+    assert moved == {"relative_l2": pytest.approx(2 / 27 ** 0.5), "max_abs": 2.0, "changed_tensors": 1, "tensors": 2}
+
+
+def test_a_trained_model_says_how_far_it_moved_and_an_unmoved_one_is_not_published(tmp_path, monkeypatch):
+    config = loop.apply_overrides(tiny_config(tmp_path), TRAIN)
+    logged = []
+    run = loop.run_all(config, tmp_path / "run", log=logged.append)
+    manifest = loop.read_manifest(run.stage_dir(1, "train"))
+    moved = manifest["counts"]["weight_change"]
+    assert moved["relative_l2"] > 1e-4 and moved["changed_tensors"] == moved["tensors"] > 5
+    assert any(f"weights moved ‖Δθ‖/‖θ‖ = {moved['relative_l2']:.2e}" in line for line in logged)
+
+    import sppo_lite.trainer as trainer
+
+    def copies(policy, dataset, output_dir, **kw):  # a training that silently changes nothing
+        shutil.copytree(policy, output_dir)
+        return {"train_loss": 1.0, "global_step": 2}, []
+
+    monkeypatch.setattr(trainer, "train_and_merge", copies)
+    with pytest.raises(ValueError, match="π_2 is bit-identical to π_1 after 2 step\\(s\\), so it is not published"):
+        loop.train_stage(loop.Run(config, run.output_dir, **QUIET), 1, force=True)
+    assert loop.read_manifest(run.stage_dir(1, "train")) == manifest  # the earlier model is kept
+
+
+def test_iterate_ends_with_a_table_and_the_final_models_path(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "seed": 1, "iterations": 2, "policy": {"model": "tiny", "device": "cpu"},
+        "prompts": {"source": PROMPTS, "n_prompts": 6},
+        "generation": {"k": 3, "max_new_tokens": 6, "batch_size": 6, "shard_size": 6},
+        "judge": {"type": "length"}, "train": {"beta": 0.1, "learning_rate": 0.01, "optim": "adamw_torch",
+                                              "warmup_steps": 0, "per_device_train_batch_size": 3, "bf16": False,
+                                              "gradient_checkpointing": False, "max_length": 256,
+                                              "max_prompt_length": 200}}))
+    out = tmp_path / "run"
+    assert cli.main(["iterate", "--config", str(recipe), "--output-dir", str(out)]) == 0
+    text = capsys.readouterr().out
+    header = next(line for line in text.splitlines() if line.lstrip().startswith("iter "))
+    assert header.split() == ["iter", "pairs", "steps", "loss", "mean", "P̂", "margin", "‖Δθ‖/‖θ‖", "time"]
+    rows = [line.split() for line in text.splitlines() if line.split()[:1] in (["1"], ["2"])]
+    assert [r[0] for r in rows] == ["1", "2"] and all(int(r[2]) >= 2 for r in rows)
+    for t, row in zip((1, 2), rows):
+        manifest = loop.read_manifest(out / f"iter{t}" / "train")
+        planned = planned_learning_rates(schedule(tmp_path, learning_rate=0.01, warmup_steps=0, num_train_epochs=1,
+                                                  per_device_train_batch_size=3), int(row[1]))
+        assert int(row[2]) == len(planned) == manifest["counts"]["steps"]  # the plan is the Trainer's count
+        assert int(row[1]) == loop.read_manifest(out / f"iter{t}" / "build")["counts"]["rows"]
+        assert float(row[6]) == pytest.approx(manifest["counts"]["weight_change"]["relative_l2"], rel=0.01)
+    assert f"the final model π_3: {out / 'iter2' / 'train' / 'model'}" in text
+    assert Path(out / "iter2" / "train" / "model" / "README.md").read_text().count("sppo-lite") >= 2
