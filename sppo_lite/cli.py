@@ -4,6 +4,7 @@
     sppo-lite iterate --config F --output-dir D      iterations 1..T: generate → judge → build → train
     sppo-lite generate|judge|build|train --config F --output-dir D --iteration t
     sppo-lite notebooks [--full]                     execute the notebooks
+    sppo-lite evaluate --run-dir D                   every iterate vs the base on held-out prompts (WR, LC WR, CIs)
     sppo-lite init [DIR]                             copy the recipes and prompts into DIR, to edit
     sppo-lite reproduce --output-dir D [--smoke] [--gpus N]   notebooks 04 → 05 with the 8-GPU recipe
     sppo-lite --version
@@ -106,6 +107,44 @@ def cmd_notebooks(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    """Every finished iteration's model against the base and the previous one, on prompts no iteration trained on."""
+    from sppo_lite import console
+
+    with console.routed("verbose" if args.verbose else "default"):
+        return _evaluate(args)
+
+
+def _evaluate(args) -> int:
+    from sppo_lite import console
+    from sppo_lite import evaluation_run as er
+
+    run = er.load_run(args.run_dir, log=_say(False))
+    if not er.finished_iterations(args.run_dir):
+        raise ValueError(f"{args.run_dir} has no finished iteration yet: run `sppo-lite iterate` first")
+    prompts = er.heldout_prompts(run.config, source=args.prompts, n=args.n_prompts)
+    judge = er.make_eval_judge(run, [f"judge.{kv}" for kv in args.judge_set])
+    out = Path(args.run_dir) / "evaluation"
+    out.mkdir(exist_ok=True)
+    console.attach_log(out)
+    g = run.config["generation"]
+    result = er.evaluate_iterations(run, prompts, judge, out, n_boot=args.n_boot, seed=args.seed, log=_say(False),
+                                    max_new_tokens=args.max_new_tokens or g["max_new_tokens"],
+                                    temperature=g["temperature"], top_p=g["top_p"], batch_size=g["batch_size"],
+                                    max_prompt_tokens=g["max_prompt_tokens"], device=run.config["policy"]["device"])
+    rows = {er.model_label(run, t): result["vs_base"][t] for t in result["iterations"][1:]}
+    print(f"{len(prompts)} held-out prompts, one sample each, judged by the run's judge "
+          f"({run.config['judge']['type']}); win rates vs {er.model_label(run, 0)}:")
+    print(er.results_text(rows))
+    summary = {"prompts": len(prompts), "judge": run.config["judge"]["type"],
+               "vs_base": {t: er.jsonable(r) for t, r in result["vs_base"].items()},
+               "vs_previous": {t: er.jsonable(r) for t, r in result["vs_previous"].items()}}
+    (out / "evaluation.json").write_text(json.dumps(summary, indent=2))
+    print(f"sppo-lite evaluate: {out / 'evaluation.json'}; the training judge also judges here, so a win partly "
+          f"measures how well the policy learnt its taste")
+    return 0
+
+
 def cmd_init(args) -> int:
     """The shipped recipes (configs/) and prompt set (data/prompts.jsonl) copied into a folder of one's own."""
     from sppo_lite.resources import copy_starter
@@ -119,7 +158,14 @@ def cmd_init(args) -> int:
 
 def cmd_pipeline(args) -> int:
     """One stage of one iteration, or (iterate) every stage of every iteration; resumable."""
-    from sppo_lite import loop, precision
+    from sppo_lite import console
+
+    with console.routed("quiet" if args.quiet else "verbose" if args.verbose else "default"):
+        return _pipeline(args)
+
+
+def _pipeline(args) -> int:
+    from sppo_lite import console, loop, precision
 
     config = loop.load_config(args.config, args.set)
     loop.check_prompt_source(config)
@@ -129,20 +175,38 @@ def cmd_pipeline(args) -> int:
     if args.command == "iterate":
         force = _stages_to_force(args.force)
         n = loop.check_iterations(config, args.iterations)
-        run = loop.run_all(config, args.output_dir, force=force, iterations=n)
+        run = loop.run_all(config, args.output_dir, force=force, iterations=n, log=_say(args.quiet))
         rows = loop.summary_rows(run, n)
-        run.log("\n" + loop.summary_table(rows))
-        run.log(f"sppo-lite iterate: {n} iteration(s) complete in {args.output_dir} ({time.time() - t0:.1f} s); "
-                f"the final model π_{n + 1}: {rows[-1]['model'] if rows else '—'}")
+        say = _say(False)
+        say("\n" + loop.summary_table(rows))
+        log_file = Path(args.output_dir) / console.LOG_NAME
+        say(f"sppo-lite iterate: {n} iteration(s) complete in {args.output_dir} ({time.time() - t0:.1f} s); "
+            f"the final model π_{n + 1}: {rows[-1]['model'] if rows else '—'}"
+            + (f"\nlibrary messages: {log_file}" if log_file.is_file() and not args.verbose else ""))
     else:
         if not 1 <= args.iteration <= config["iterations"]:
             raise ValueError(f"--iteration must be between 1 and the config's iterations ({config['iterations']}), "
                              f"got {args.iteration}")
         loop.quiet_datasets()
-        run = loop.Run(config, args.output_dir)
+        run = loop.Run(config, args.output_dir, log=_say(args.quiet))
         run.output_dir.mkdir(parents=True, exist_ok=True)
+        console.attach_log(run.output_dir)
         loop.STAGE_FUNCTIONS[args.command](run, args.iteration, force=args.force)
     return 0
+
+
+def _say(quiet: bool):
+    """Our lines: printed (unless quiet) and kept in the run's log."""
+    import logging
+
+    logger = logging.getLogger("sppo_lite.run")
+
+    def say(text: str) -> None:
+        if not quiet:
+            print(text, flush=True)
+        logger.info(text)
+
+    return say
 
 
 def _stages_to_force(names) -> tuple:
@@ -219,12 +283,26 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--gpus", type=int, help="GPUs for training (default: all visible); > 1 uses accelerate launch")
     rep.add_argument("--config", default="configs/full-8gpu-mistral7b.yaml", help="the recipe notebook 04 runs")
     rep.set_defaults(func=cmd_reproduce)
+    ev = add("evaluate", "every iterate vs the base on held-out prompts (WR, LC WR, 95 % CIs)",
+             "Every finished iteration's model against the base model (and the previous iteration) on prompts\n"
+             "no iteration trained on, one seeded sample each, judged by the run's own judge: win rate, length-\n"
+             "controlled win rate and bootstrap 95 % CIs. Responses are cached under RUN_DIR/evaluation/.")
+    ev.add_argument("--run-dir", required=True, help="the --output-dir of a `sppo-lite iterate` run")
+    ev.add_argument("--prompts", help="an evaluation prompt file (default: the run's own, minus trained prompts)")
+    ev.add_argument("--n-prompts", type=int, default=64, help="held-out prompts to use (default 64)")
+    ev.add_argument("--max-new-tokens", type=int, help="default: the run's generation.max_new_tokens")
+    ev.add_argument("--judge-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override the run's judge, e.g. --judge-set type=length (repeatable)")
+    ev.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for the CIs")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("-v", "--verbose", action="store_true", help="show every library message")
+    ev.set_defaults(func=cmd_evaluate)
     init = add("init", "copy the shipped recipes and prompts into a folder, to edit",
                "Copy configs/ (every recipe and accelerate config) and data/prompts.jsonl into DIR; nothing\n"
                "is overwritten. The recipes also run by name from anywhere: --config cpu-tiny.")
     init.add_argument("dir", nargs="?", default="sppo-lite-recipes", help="a new or empty folder")
     init.set_defaults(func=cmd_init)
-    subcommands = {"toy": toy, "notebooks": nb, "reproduce": rep, "init": init}
+    subcommands = {"toy": toy, "notebooks": nb, "reproduce": rep, "init": init, "evaluate": ev}
     stage_help = {"generate": "K samples per prompt from π_t", "judge": "K×K win matrices from the judge",
                   "build": "pairs, win rates and reference log-probs", "train": "SPPO training: π_t → π_{t+1}"}
     for name, text in [("iterate", "all stages of iterations 1..T (resumable)"), *stage_help.items()]:
@@ -240,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--output-dir", required=True, help="one folder per iteration and stage lands here")
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set generation.k=8 (repeatable)")
+        loud = sp.add_mutually_exclusive_group()
+        loud.add_argument("-v", "--verbose", action="store_true",
+                          help="show every library message and progress bar (default: ours; the rest in run.log)")
+        loud.add_argument("-q", "--quiet", action="store_true", help="errors, warnings and the final table only")
         if name == "iterate":
             sp.add_argument("--iterations", type=int, help="run only iterations 1..N")
             sp.add_argument("--force", nargs="*", choices=(*STAGE_NAMES, "all"), metavar="STAGE",

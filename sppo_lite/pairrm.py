@@ -79,9 +79,12 @@ def load_blender(model_name_or_path: str = "llm-blender/PairRM", device: str = "
     patch_llm_blender_for_transformers5()
     import llm_blender
 
-    blender = llm_blender.Blender(llm_blender.BlenderConfig(device=device, use_tqdm=False))
+    from .console import library_output
+
     ranker_kwargs = {} if dtype is None else {"fp16": False}
-    blender.loadranker(_resolve_ranker_dir(model_name_or_path), device=device, **ranker_kwargs)
+    with library_output():  # its "Successfully loaded ranker" print and config warnings go to the run's log
+        blender = llm_blender.Blender(llm_blender.BlenderConfig(device=device, use_tqdm=False))
+        blender.loadranker(_resolve_ranker_dir(model_name_or_path), device=device, **ranker_kwargs)
     if blender.ranker_config.ranker_type != "pairranker":
         raise ValueError(f"{model_name_or_path!r} is not a PairRM-style ranker (ranker_type "
                          f"{blender.ranker_config.ranker_type!r}); use RewardModelJudge for reward models")

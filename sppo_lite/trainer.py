@@ -501,6 +501,42 @@ def model_card(args: SPPOConfig, base_model: str | None = None, dataset_name: st
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
+def _quiet_progress(trainer, desc: str) -> None:
+    """Unless verbose (sppo_lite.console): one labelled bar for the training steps (none when quiet), and the
+    Trainer's per-step log dicts in the run's log instead of on the console."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from sppo_lite.console import verbosity
+
+    level = verbosity()
+    if level == "verbose":
+        return
+
+    class LogToFile(ProgressCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if level != "quiet" and state.is_world_process_zero:
+                from tqdm.auto import tqdm
+
+                self.training_bar = tqdm(total=state.max_steps, desc=desc, unit="step", dynamic_ncols=True)
+            self.current_step = 0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.training_bar is not None:
+                super().on_step_end(args, state, control, **kwargs)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero:
+                logger.info("step %d: %s", state.global_step, json.dumps(logs, default=str))
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.training_bar is not None:
+                super().on_train_end(args, state, control, **kwargs)
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(LogToFile())
+
+
 def _disable_dropout(model) -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
@@ -638,6 +674,7 @@ def train_and_merge(policy_path, dataset_path, output_dir, checkpoint_dir, mode:
                                    lora_dropout=lora_dropout, gradient_checkpointing=gradient_checkpointing)
     model.train()
     trainer = SPPOTrainer(model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    _quiet_progress(trainer, f"{Path(dataset_path).parent.parent.name} train")
     last = last_complete_checkpoint(checkpoint_dir)
     if trainer.is_world_process_zero() and Path(checkpoint_dir).is_dir():  # a kill mid-save leaves a partial one
         newest = int(Path(last).name.split("-")[-1]) if last else -1

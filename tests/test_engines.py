@@ -205,7 +205,7 @@ def test_kill_during_zero3_training_resumes_from_its_checkpoint_to_the_same_weig
 
     # The same command again: finished stages are skipped, training resumes from the newest complete checkpoint.
     resumed = launch_argv("deepspeed_zero3", 2, config, out, "--iterations", "1",
-                          "--set", "train.per_device_train_batch_size=2")
+                          "--set", "train.per_device_train_batch_size=2", "-v")  # -v: the Trainer's logs printed
     done = subprocess.run(resumed, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "iter1/build: done already" in done.stdout

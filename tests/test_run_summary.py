@@ -113,3 +113,53 @@ def test_iterate_ends_with_a_table_and_the_final_models_path(tmp_path, capsys):
         assert float(row[6]) == pytest.approx(manifest["counts"]["weight_change"]["relative_l2"], rel=0.01)
     assert f"the final model π_3: {out / 'iter2' / 'train' / 'model'}" in text
     assert Path(out / "iter2" / "train" / "model" / "README.md").read_text().count("sppo-lite") >= 2
+
+
+def test_output_is_ours_by_default_and_the_libraries_go_to_the_run_log(tmp_path):
+    """A fresh process (the routing is process-wide): default shows our lines and bars, -q the table only."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    small = ["--set", "iterations=1", "--set", "prompts.n_prompts=4", "--set", "generation.k=3",
+             "--set", "generation.max_new_tokens=6", "--set", "train.warmup_steps=0"]
+    runs = {}
+    for flag in ("", "-q", "-v"):
+        out = tmp_path / f"run{flag}"
+        done = subprocess.run([sys.executable, "-m", "sppo_lite.cli", "iterate", "--config", "cpu-tiny",
+                               "--output-dir", str(out), *small, *([flag] if flag else [])],
+                              capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs[flag] = (done.stdout, done.stderr, out / "run.log")
+    stdout, stderr, log = runs[""]
+    assert "iter1/judge: 4 win matrices" in stdout and "Successfully loaded ranker" not in stdout + stderr
+    assert "Writing model shards" not in stderr and "{'loss'" not in stdout + stderr
+    assert "iter1 train" in stderr and "No ranker config provided" in log.read_text()
+    assert "step 1: {" in log.read_text()  # the Trainer's logs, kept
+    quiet_out, quiet_err, _ = runs["-q"]
+    assert "iter1/judge" not in quiet_out and "iter  pairs" in quiet_out and "the final model π_2" in quiet_out
+    assert "iter1 generate" not in quiet_err
+    loud_out, loud_err, loud_log = runs["-v"]
+    assert "Successfully loaded ranker" in loud_out and not loud_log.exists()
+
+
+def test_evaluate_a_finished_run(tmp_path, capsys):
+    import json
+
+    config = loop.apply_overrides(tiny_config(tmp_path), TRAIN)
+    loop.run_all(config, tmp_path / "run", **QUIET)
+    assert cli.main(["evaluate", "--run-dir", str(tmp_path / "run"), "--n-prompts", "8", "--n-boot", "200",
+                     "--max-new-tokens", "6"]) == 0
+    text = capsys.readouterr().out
+    assert "8 held-out prompts, one sample each, judged by the run's judge (length)" in text
+    summary = json.loads((tmp_path / "run" / "evaluation" / "evaluation.json").read_text())
+    assert summary["prompts"] == 8 and set(summary["vs_base"]) == {"0", "1"}
+    assert summary["vs_base"]["0"]["win_rate"] == 50.0  # the base against itself
+    row = next(line for line in text.splitlines() if line.startswith("SPPO iter 1") and "[" in line)
+    assert f"{summary['vs_base']['1']['win_rate']:.1f}" in row
+    trained = set(loop.iteration_prompts(config, 1)[1])
+    from sppo_lite.evaluation_run import heldout_prompts
+
+    assert not trained & set(heldout_prompts(config, n=8))
+    assert cli.main(["evaluate", "--run-dir", str(tmp_path / "nothing")]) == 2

@@ -100,7 +100,7 @@ def test_the_installed_wheel_runs_a_shipped_recipe_from_any_folder(venv, tmp_pat
     assert unmet == "", unmet
     # The tiny recipe made smaller, by name and by the repository path the docs write, from an empty folder.
     small = ["--set", "iterations=1", "--set", "prompts.n_prompts=4", "--set", "generation.k=3",
-             "--set", "generation.max_new_tokens=6", "--set", "train.num_train_epochs=1"]
+             "--set", "generation.max_new_tokens=6"]
     done = run_in(venv, tmp_path, str(venv / "bin" / "sppo-lite"), "iterate", "--config", "cpu-tiny",
                   "--output-dir", "run", *small)
     assert (tmp_path / "run" / "iter1" / "train" / "model" / "model.safetensors").is_file(), done.stdout

@@ -328,6 +328,9 @@ def run_all(config: dict, output_dir, force=(), iterations=None, log=print) -> R
             if new and ranks()[0] == 0:  # refused inputs leave nothing behind (not even a tiny model built to check them)
                 shutil.rmtree(run.output_dir, ignore_errors=True)
             raise
+        from ..console import attach_log
+
+        attach_log(run.output_dir)  # the libraries' messages (unless verbose) from here on, and those held back
         for t in range(1, n + 1):
             run_iteration(run, t, force=force)
     return run

@@ -138,7 +138,9 @@ def run_shards(partial: Path, n: int, shard_size: int, make, desc: str, log=prin
     size = layout["shard_size"]
     bounds = [(s, min(s + size, n)) for s in range(0, n, size)]
     totals: dict = {}
-    with tqdm(total=n, desc=desc, unit="prompt", disable=rank != 0) as bar:
+    from ..console import verbosity
+
+    with tqdm(total=n, desc=desc, unit="prompt", disable=rank != 0 or verbosity() == "quiet") as bar:
         for i, (a, b) in enumerate(bounds):
             shard, stats_file = partial / f"shard-{i:05d}.parquet", partial / f"shard-{i:05d}.json"
             if i % world != rank:  # another process's shard
