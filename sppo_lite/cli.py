@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--gpus", type=int, help="GPUs for training (default: all visible); > 1 uses accelerate launch")
     rep.add_argument("--config", default="configs/full-8gpu-mistral7b.yaml", help="the recipe notebook 04 runs")
     rep.set_defaults(func=cmd_reproduce)
-    ev = add("evaluate", "every iterate vs the base on held-out prompts (WR, LC WR, 95 % CIs)",
+    ev = add("evaluate", "every iterate vs the base on held-out prompts (WR, LC WR, 95 %% CIs)",
              "Every finished iteration's model against the base model (and the previous iteration) on prompts\n"
              "no iteration trained on, one seeded sample each, judged by the run's own judge: win rate, length-\n"
              "controlled win rate and bootstrap 95 % CIs. Responses are cached under RUN_DIR/evaluation/.")
