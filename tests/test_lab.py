@@ -78,6 +78,17 @@ def test_notebook_03_smoke(tmp_path):
         assert (tmp_path / path.stem / f"{name}.png").exists()
 
 
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_notebook_03_full_at_another_seed(tmp_path):
+    """The full setting at a seed other than the committed run's (0): every claim() of the notebook holds (~2 min)."""
+    from sppo_lite.notebooks import notebook_paths, run_notebook
+
+    path = next(p for p in notebook_paths() if p.name.startswith("03_"))
+    s = run_notebook(path, tmp_path, smoke=False, parameters={"SEED": 1})
+    assert s["smoke"] is False and s["iterations"] == 20 and len(s["sppo_mixes"]) == 21
+
+
 def test_broken_answers_count_in_exploitability():
     G = lab.style_game_with_broken(game.weighted_cycle())
     assert G.shape == (4, 4) and G[3, :3].tolist() == [0, 0, 0] and G[:3, 3].tolist() == [1, 1, 1]

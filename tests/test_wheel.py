@@ -47,6 +47,11 @@ def test_the_wheel_holds_every_module_recipe_and_notebook(wheel):
                 *(ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")]}
     assert len(shipped) >= 10 and shipped <= names, sorted(shipped - names)
     assert not any("fixtures" in n or "__pycache__" in n for n in names)
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
+    extras = {line.split(": ", 1)[1] for line in metadata.splitlines() if line.startswith("Provides-Extra: ")}
+    assert {"gpu", "colab", "lab", "notebooks", "pairrm", "full", "dev"} <= extras
+    colab = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:") and 'extra == "colab"' in line]
+    assert colab and all(name in " ".join(colab) for name in ("gpu", "lab"))
 
 
 @pytest.fixture(scope="module")
