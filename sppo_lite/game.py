@@ -136,7 +136,7 @@ def win_probs(P, pi) -> np.ndarray:
 
 
 def exploitability(P, pi) -> float:
-    """Duality gap max_y P(y ≻ π) − 1/2 ≥ 0; zero exactly at a Nash (von Neumann winner)."""
+    """max_y P(y ≻ π) − 1/2 ≥ 0, half the duality gap of (π, π); zero exactly at a Nash (von Neumann winner)."""
     return float(np.max(win_probs(P, pi)) - 0.5)
 
 
