@@ -20,6 +20,7 @@ __all__ = [
     "win_probs", "exploitability", "exploitability_curve", "nash_equilibrium", "log_partition",
     "sppo_dynamics", "sppo_regression_step", "sampled_sppo_dynamics", "running_average",
     "iterative_dpo_dynamics", "fit_bradley_terry", "bradley_terry_argmax", "nash_md_dynamics",
+    "cyclic_triple_share", "bradley_terry_distance",
     "freeze_step", "loglog_slope", "seed_runs", "mean_ci", "eta_sweep",
 ]
 
@@ -332,6 +333,29 @@ def iterative_dpo_dynamics(P, beta: float, steps: int, K: int = 5, pi0=None, los
         return logp
 
     return _trajectory(P, pi0, steps, step)
+
+
+def cyclic_triple_share(P) -> float:
+    """The share of triples {i, j, k} whose three matches form a cycle (i ≻ j ≻ k ≻ i, either way round), with
+    a match decided by P_ij > ½; 0 for every Bradley–Terry matrix, nan with fewer than 3 responses."""
+    P = validate_preference(P)
+    n = P.shape[0]
+    if n < 3:
+        return float("nan")
+    wins = P > 0.5
+    cycles = total = 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            for k in range(j + 1, n):
+                total += 1
+                cycles += (wins[i, j] and wins[j, k] and wins[k, i]) or (wins[j, i] and wins[k, j] and wins[i, k])
+    return cycles / total
+
+
+def bradley_terry_distance(P) -> float:
+    """How far P is from every Bradley–Terry matrix: max_ij |P_ij − σ(s_i − s_j)| at the best BT fit s."""
+    P = validate_preference(P)
+    return float(np.abs(P - bradley_terry(fit_bradley_terry(P))).max())
 
 
 def fit_bradley_terry(P) -> np.ndarray:

@@ -7,6 +7,7 @@ the current policy off it: P̂(y_k ≻ π_t) = (1/K) Σ_j M[k, j].
     RewardModelJudge any sequence-classification reward model, P_ij = σ(r_i − r_j)
     LengthJudge      longer wins, P_ij = σ((len_i − len_j)/scale)
     SentimentJudge   warm and short wins: VADER sentiment minus a per-word cost, Bradley–Terry
+    CommitteeJudge   relevance to the prompt (an LM), warmth and concision vote; the majority can cycle
     CyclicStyleJudge styles found by marker strings play an intransitive game (rock-paper-scissors)
     MatrixJudge      a fixed preference matrix looked up by response label (tabular games)
 """
@@ -22,7 +23,8 @@ from .game import bradley_terry, validate_preference, weighted_cycle
 
 __all__ = [
     "Judge", "JudgeBase", "validate_win_matrix",
-    "PairRMJudge", "RewardModelJudge", "LengthJudge", "SentimentJudge", "CyclicStyleJudge", "MatrixJudge",
+    "PairRMJudge", "RewardModelJudge", "LengthJudge", "SentimentJudge", "CommitteeJudge", "CyclicStyleJudge",
+    "MatrixJudge",
 ]
 
 
@@ -132,6 +134,87 @@ class SentimentJudge(JudgeBase):
 
     def _judge(self, prompts, responses):
         return [bradley_terry(np.array([self.score(r) for r in rs]) / self.scale) for rs in responses]
+
+
+class CommitteeJudge(JudgeBase):
+    """Three criteria vote on every pair and the majority decides: P_ij = σ(γ·Σ_c sign(s_c(y_i) − s_c(y_j))).
+
+    The criteria, each a score per response (a difference below its tolerance is a tie, no vote):
+      relevance  (log p(y | x) − log p(y | no prompt)) / tokens(y) under a causal LM (SmolLM2 by default): how much
+                 more likely the prompt makes the answer. Rewards answers about what was asked; exploited by
+                 restating the question, or by answers so generic that the prompt changes little but stays positive.
+      warmth     VADER compound sentiment in [−1, 1]. Rewards friendly wording; exploited by gushing ("Great
+                 question! Happy to help!") whatever the content.
+      concision  −words(y). Rewards short answers; exploited by answering in one word, or not at all.
+    With three voters, a pair decided 2–1 gets σ(γ) (0.82 at γ = 1.5) and a unanimous one σ(3γ) (0.99). Votes of
+    different criteria can disagree in a circle — A more relevant than B, B warmer than C, C shorter than A, each
+    carried by a majority — so the judge can be intransitive, unlike a reward model (SentimentJudge is the
+    transitive contrast). `game.cyclic_triple_share` and `game.bradley_terry_distance` measure how much, per
+    prompt; on 32 prompts × 6 of SmolLM2's own samples 1.6 % of response triples cycle and 6 of the 32 prompts
+    have at least one cycle (benchmarks/judge_intransitivity.py, BENCHMARKS.md). It reads no correctness: a
+    fluent wrong answer that is on topic, warm and short wins.
+    """
+
+    CRITERIA = ("relevance", "warmth", "concision")
+
+    def __init__(self, model="smollm2-135m-instruct", gamma: float = 1.5, tolerances=(0.05, 0.05, 0.5),
+                 batch_size: int = 8, device: str = "cpu", dtype="float32"):
+        if not gamma > 0:
+            raise ValueError(f"gamma must be positive, got {gamma}")
+        if len(tolerances) != 3 or min(tolerances) < 0:
+            raise ValueError(f"tolerances must be three numbers >= 0 (relevance, warmth, concision), got {tolerances}")
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+        from .modeling import load_policy
+
+        if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+            self.model, self.tokenizer = load_policy(str(model), dtype=dtype)
+        else:
+            self.model, self.tokenizer = model
+        self.model.to(device).eval()
+        self.analyzer = SentimentIntensityAnalyzer()
+        self.gamma, self.tolerances, self.batch_size, self.device = gamma, tuple(tolerances), batch_size, device
+
+    def relevance(self, prompts: Sequence[str], responses: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """Per response, (log p(y | x) − log p(y | empty prompt)) / tokens(y) under the LM, in nats per token."""
+        import torch
+
+        from .data import encode_chat, pad_chat_batch, sequence_logps
+
+        rows = [(x, y) for x, ys in zip(prompts, responses) for y in ys]
+        encoded = {}
+        for key, user in (("with", lambda x: x), ("without", lambda x: "")):
+            encoded[key] = [encode_chat(self.tokenizer, [{"role": "user", "content": user(x)},
+                                                         {"role": "assistant", "content": y}]) for x, y in rows]
+        sums = {}
+        with torch.no_grad():
+            for key, items in encoded.items():
+                parts = []
+                for a in range(0, len(items), self.batch_size):
+                    batch = pad_chat_batch(items[a:a + self.batch_size], self.tokenizer)
+                    parts.append(sequence_logps(self.model, **{k: v.to(self.device) for k, v in batch.items()}).cpu())
+                sums[key] = torch.cat(parts).double().numpy() if parts else np.zeros(0)
+        tokens = np.array([max(len(e["input_ids"]) - e["prompt_length"], 1) for e in encoded["with"]], dtype=float)
+        flat = (sums["with"] - sums["without"]) / tokens
+        out, start = [], 0
+        for ys in responses:
+            out.append(flat[start:start + len(ys)])
+            start += len(ys)
+        return out
+
+    def scores(self, prompts: Sequence[str], responses: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """Per prompt, a K×3 array: relevance, warmth, concision of each response."""
+        relevance = self.relevance(prompts, responses)
+        return [np.column_stack([rel, [self.analyzer.polarity_scores(y)["compound"] for y in ys],
+                                 [-float(len(y.split())) for y in ys]]) for rel, ys in zip(relevance, responses)]
+
+    def _judge(self, prompts, responses):
+        out = []
+        for s in self.scores(prompts, responses):
+            diff = s[:, None, :] - s[None, :, :]                        # K×K×3 score differences
+            votes = np.sign(diff) * (np.abs(diff) > np.asarray(self.tolerances))
+            out.append(expit(self.gamma * votes.sum(axis=2)))
+        return out
 
 
 class MatrixJudge(JudgeBase):

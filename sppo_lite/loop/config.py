@@ -25,7 +25,7 @@ from ..resources import PROJECT_ROOT, recipe_path
 __all__ = ["DEFAULT_CONFIG", "JUDGE_TYPES", "load_config", "apply_overrides", "read_yaml_mapping", "check_config",
            "check_iterations", "check_prompt_source"]
 
-JUDGE_TYPES = ("pairrm", "reward_model", "length", "sentiment", "cyclic_style")
+JUDGE_TYPES = ("pairrm", "reward_model", "length", "sentiment", "committee", "cyclic_style")
 _PROMPT_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 # Every key a config may set, with its default. Configs override these; unknown keys are errors,
@@ -53,7 +53,7 @@ DEFAULT_CONFIG = {
         "shard_size": 256,                 # prompts per resumable shard
     },
     "judge": {
-        "type": "pairrm",                  # pairrm | reward_model | length | sentiment | cyclic_style
+        "type": "pairrm",                  # pairrm | reward_model | length | sentiment | committee | cyclic_style
         "model": "llm-blender/PairRM",     # "tiny": a tiny PairRM-shaped ranker built locally
         "mode": "official",                # pairrm: official (BT scores, as the paper) | pairwise
         "batch_size": 16, "dtype": None, "device": "auto",
@@ -315,6 +315,14 @@ def check_config(config: dict) -> None:
     _choice(config, "judge.dtype", _DTYPES)
     _text(config, "judge.device")
     _bool(config, "judge.template_prompts")
+    j = config["judge"]
+    if j["type"] == "committee":  # its relevance criterion applies the LM's own chat template to the raw prompt
+        if j["template_prompts"]:
+            raise ValueError("config key judge.template_prompts must be false for the committee judge: it reads the "
+                             "raw prompt (set judge.template_prompts: false)")
+        if j["model"] in ("llm-blender/PairRM", "tiny"):
+            raise ValueError(f"config key judge.model must be a causal LM for the committee judge (its relevance "
+                             f"criterion), e.g. smollm2-135m-instruct, got {j['model']!r}")
     j = config["judge"]
     if j["markers"] is not None and (not isinstance(j["markers"], list) or len(j["markers"]) < 2
                                      or not all(isinstance(m, str) and m for m in j["markers"])):

@@ -296,7 +296,7 @@ def _load_inference_policy(policy: str, cfg: dict):
 
 # ---------------------------------------------------------------- judge
 
-_MODEL_JUDGES = ("pairrm", "reward_model")
+_MODEL_JUDGES = ("pairrm", "reward_model", "committee")
 
 
 def make_judge(cfg: dict, run=None):
@@ -315,6 +315,8 @@ def make_judge(cfg: dict, run=None):
                                        quality_weight=j["quality_weight"])
     model = run.base_model("judge") if run is not None else j["model"]
     device = device_for(j["device"])
+    if j["type"] == "committee":
+        return judges.CommitteeJudge(model, batch_size=j["batch_size"], device=device, dtype=j["dtype"] or "float32")
     if j["type"] == "reward_model":
         return judges.RewardModelJudge(model, device=device, batch_size=j["batch_size"], dtype=j["dtype"])
     return judges.PairRMJudge(model, mode=j["mode"], device=device, batch_size=j["batch_size"], dtype=j["dtype"])
