@@ -15,8 +15,8 @@ import contextlib
 import io
 import logging
 import os
+import sys
 import warnings
-from logging.handlers import MemoryHandler
 from pathlib import Path
 
 __all__ = ["VERBOSITIES", "set_verbosity", "routed", "verbosity", "attach_log", "library_output", "LOG_NAME"]
@@ -26,7 +26,29 @@ LOG_NAME = "run.log"
 _ENV = "SPPO_LITE_VERBOSITY"
 _LIBRARIES = ("transformers", "datasets", "accelerate", "peft", "bitsandbytes", "huggingface_hub", "DeepSpeed",
               "llm_blender", "py.warnings", "sppo_lite")
-_held = MemoryHandler(capacity=10_000, flushLevel=logging.CRITICAL + 1)  # until the run's folder is known
+class _Held(logging.Handler):
+    """Records kept (the last 10,000) until the run's folder is known, then written to its log as they come."""
+
+    def __init__(self):
+        super().__init__()
+        import collections
+
+        self.buffer = collections.deque(maxlen=10_000)
+        self.target: logging.Handler | None = None
+
+    def emit(self, record):
+        if self.target is not None:
+            self.target.handle(record)
+        else:
+            self.buffer.append(record)
+
+    def set_target(self, target) -> None:
+        self.target = target
+        while target is not None and self.buffer:
+            target.handle(self.buffer.popleft())
+
+
+_held = _Held()  # until the run's folder is known
 _held.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
 
 
@@ -81,15 +103,30 @@ def routed(level: str):
     saved = {n: (list(logging.getLogger(n).handlers), logging.getLogger(n).propagate, logging.getLogger(n).level)
              for n in names}
     env = {k: os.environ.get(k) for k in (_ENV, "DS_ACCELERATOR", "TRANSFORMERS_NO_ADVISORY_WARNINGS")}
+    outer_target, outer_buffer = _held.target, list(_held.buffer)
+    warnings_captured = logging.getLogger("py.warnings").handlers
     hf_level = transformers.utils.logging.get_verbosity()
     hf_bars = transformers.utils.logging.is_progress_bar_enabled()
     hub_bars = not huggingface_hub.utils.are_progress_bars_disabled()
     ds_bars = datasets.is_progress_bar_enabled()
     try:
+        _held.target = None
+        _held.buffer.clear()
         set_verbosity(level)
         yield
     finally:
-        logging.captureWarnings(False)
+        target = _held.target
+        if target is None:  # the run's folder was never known: what went wrong is shown, not dropped
+            for record in _held.buffer:
+                if record.levelno >= logging.WARNING:
+                    print(f"{record.name}: {record.getMessage()}", file=sys.stderr)
+        elif target is not outer_target:
+            target.close()
+        _held.buffer.clear()
+        _held.buffer.extend(outer_buffer)
+        _held.target = outer_target
+        if not warnings_captured:
+            logging.captureWarnings(False)
         for n, (handlers, propagate, lvl) in saved.items():
             logger = logging.getLogger(n)
             logger.handlers, logger.propagate = handlers, propagate
@@ -103,12 +140,6 @@ def routed(level: str):
         (transformers.utils.logging.enable_progress_bar if hf_bars else transformers.utils.logging.disable_progress_bar)()
         (huggingface_hub.utils.enable_progress_bars if hub_bars else huggingface_hub.utils.disable_progress_bars)()
         (datasets.enable_progress_bars if ds_bars else datasets.disable_progress_bars)()
-        target = _held.target
-        _held.setTarget(None)
-        _held.buffer.clear()
-        _held.capacity = 10_000
-        if target is not None:
-            target.close()
 
 
 def attach_log(folder) -> Path | None:
@@ -116,11 +147,14 @@ def attach_log(folder) -> Path | None:
     if verbosity() == "verbose":
         return None
     path = Path(folder) / LOG_NAME
+    if _held.target is not None and getattr(_held.target, "baseFilename", None) == str(path.resolve()):
+        return path  # already writing there (run_all called twice in one command)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(_held.formatter)
-    _held.setTarget(handler)
-    _held.flush()
-    _held.capacity = 0  # from now on every record goes straight to the file
+    previous = _held.target
+    _held.set_target(handler)
+    if previous is not None:
+        previous.close()
     return path
 
 

@@ -34,7 +34,8 @@ from sppo_lite.game import validate_preference
 __all__ = [
     "PROMPT_COLUMNS", "CHAT_COLUMNS",
     "load_prompts", "iteration_split", "probs_from_scores", "win_rates", "select_pairs",
-    "chat_messages", "build_sppo_dataset", "check_training_values", "to_full_chats", "to_trl_rows", "encode_chat",
+    "chat_messages", "build_sppo_dataset", "check_training_values", "check_unique_rows", "to_full_chats", "to_trl_rows",
+    "encode_chat",
     "pad_chat_batch", "sequence_logps",
     "add_reference_logps",
 ]
@@ -352,23 +353,31 @@ PROBABILITY_COLUMNS = ("chosen_probs", "chosen_probs_win", "chosen_probs_lose", 
 REFERENCE_COLUMNS = tuple(f"ref_{c}_logps" for c in CHAT_COLUMNS)
 
 
+def check_unique_rows(dataset, name: str = "dataset") -> None:
+    """A build stage's dataset holds each prompt_id once (best_worst) or each (prompt_id, response_index) once
+    (all): one ValueError naming the repeated rows otherwise. Datasets without those columns pass."""
+    columns = getattr(dataset, "column_names", None) or []
+    if "prompt_id" not in columns:
+        return
+    keys = list(zip(dataset["prompt_id"], dataset["response_index"])) if "response_index" in columns \
+        else list(dataset["prompt_id"])
+    if len(set(keys)) == len(keys):
+        return
+    seen, repeated = set(), []
+    for i, key in enumerate(keys):
+        if key in seen:
+            repeated.append(i)
+        seen.add(key)
+    raise ValueError(f"{name}: {len(repeated)} row(s) repeat an earlier row's prompt_id"
+                     f"{' and response_index' if 'response_index' in columns else ''} (rows "
+                     f"{', '.join(map(str, repeated[:5]))}): rebuild it (sppo-lite build --force) "
+                     f"instead of training on it")
+
+
 def check_training_values(dataset, name: str = "dataset") -> None:
     """Raise one ValueError naming the column and rows when a win probability is not a finite number in
     [0, 1] or a reference log-probability is not finite and <= 0: nothing else is trained on."""
     columns = getattr(dataset, "column_names", None) or []
-    if "prompt_id" in columns:  # one row per prompt (best_worst) or per prompt and response (all)
-        keys = list(zip(dataset["prompt_id"], dataset["response_index"])) if "response_index" in columns \
-            else list(dataset["prompt_id"])
-        if len(set(keys)) != len(keys):
-            seen, repeated = set(), []
-            for i, key in enumerate(keys):
-                if key in seen:
-                    repeated.append(i)
-                seen.add(key)
-            raise ValueError(f"{name}: {len(repeated)} row(s) repeat an earlier row's prompt_id"
-                             f"{' and response_index' if 'response_index' in columns else ''} (rows "
-                             f"{', '.join(map(str, repeated[:5]))}): rebuild it (sppo-lite build --force) "
-                             f"instead of training on it")
     for column in columns:
         if column in PROBABILITY_COLUMNS:
             values = np.asarray(dataset[column], dtype=float)

@@ -185,7 +185,9 @@ class CommitteeJudge(JudgeBase):
         encoded = {}
         for key, user in (("with", lambda x: x), ("without", lambda x: "")):
             encoded[key] = [encode_chat(self.tokenizer, [{"role": "user", "content": user(x)},
-                                                         {"role": "assistant", "content": y}]) for x, y in rows]
+                                                         {"role": "assistant", "content": y}],
+                                        max_length=1 << 30, max_prompt_length=(1 << 30) - 1)  # nothing cut: both
+                            for x, y in rows]                                       # sums cover the same tokens
         sums = {}
         with torch.no_grad():
             for key, items in encoded.items():

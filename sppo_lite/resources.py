@@ -40,14 +40,14 @@ def recipe_path(path) -> Path:
     given = Path(path)
     if given.is_file():
         return given
-    if given.is_dir():
-        raise ValueError(f"config file {path} does not exist (it is a folder): give a YAML file")
     candidates = [] if given.is_absolute() else [PROJECT_ROOT / given]
     if not given.is_absolute() and given.parent == Path("."):  # a bare name: cpu-tiny or cpu-tiny.yaml
         candidates.insert(0, PROJECT_ROOT / "configs" / (given.name if given.suffix == ".yaml" else f"{given.name}.yaml"))
-    for candidate in candidates:
+    for candidate in candidates:  # a folder named like a recipe (an --output-dir cpu-tiny) does not hide it
         if candidate.is_file():
             return candidate
+    if given.is_dir():
+        raise ValueError(f"config file {path} does not exist (it is a folder): give a YAML file")
     raise ValueError(f"config file {path} does not exist; give a YAML path or a shipped recipe name: "
                      f"{', '.join(recipe_names())}")
 

@@ -33,8 +33,8 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
-from sppo_lite.data import (CHAT_COLUMNS, check_training_values, encode_chat, pad_chat_batch, sequence_logps,
-                            to_full_chats)
+from sppo_lite.data import (CHAT_COLUMNS, check_training_values, check_unique_rows, encode_chat, pad_chat_batch,
+                            sequence_logps, to_full_chats)
 from sppo_lite.engines import fsdp_on_cpu
 from sppo_lite.modeling import keep_4bit_trainable
 from sppo_lite.losses import (LOSSES, dpo_loss, ipo_loss, sppo_hard_loss, sppo_loss, sppo_pair_loss,
@@ -95,8 +95,9 @@ class SPPOConfig(TrainingArguments):
     # DPOConfig's defaults where TrainingArguments' differ
     learning_rate: float = field(default=1e-6, metadata={"help": "the initial learning rate (DPOConfig's default)"})
     logging_steps: float = field(default=10, metadata={"help": "log every N steps (DPOConfig's default)"})
-    activation_checkpointing: bool | None = field(default=True, metadata={
-        "help": "recompute activations in the backward pass to save memory (DPOConfig's default)"})
+    activation_checkpointing: bool | None = field(default=None, metadata={
+        "help": "recompute activations in the backward pass to save memory; on unless set (DPOConfig's default), "
+                "the deprecated gradient_checkpointing also sets it"})
 
     def __post_init__(self):
         if isinstance(self.loss_type, (list, tuple)):  # TRL 1.x writes loss_type=["sigmoid"]
@@ -104,6 +105,8 @@ class SPPOConfig(TrainingArguments):
                 raise ValueError(f"loss_type {list(self.loss_type)}: SPPOTrainer trains one loss, not TRL's "
                                  f"weighted combinations; give one of {', '.join(LOSSES)}")
             self.loss_type = self.loss_type[0]
+        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+            self.activation_checkpointing = True  # DPOConfig's default; an explicit gradient_checkpointing wins
         from sppo_lite.data import TRUNCATION_MODES
 
         if self.truncation_mode not in TRUNCATION_MODES:
@@ -514,7 +517,7 @@ def _quiet_progress(trainer, desc: str) -> None:
 
     class LogToFile(ProgressCallback):
         def on_train_begin(self, args, state, control, **kwargs):
-            if level != "quiet" and state.is_world_process_zero:
+            if level != "quiet" and state.is_world_process_zero and not args.disable_tqdm:
                 from tqdm.auto import tqdm
 
                 self.training_bar = tqdm(total=state.max_steps, desc=desc, unit="step", dynamic_ncols=True)
@@ -667,6 +670,7 @@ def train_and_merge(policy_path, dataset_path, output_dir, checkpoint_dir, mode:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ValueError(f"{dataset_path} cannot be read ({first}): rebuild it (sppo-lite build --force)") from None
     check_training_values(dataset, str(dataset_path))  # before loading anything
+    check_unique_rows(dataset, str(dataset_path))       # the build stage's prompt_id keys: no row twice
     _check_columns(dataset, str(dataset_path), args.loss_type, args.reference, args.precompute_ref_log_probs)
     check_training_moves(args, len(dataset), str(dataset_path))
     set_seed(seed)  # the fresh LoRA adapter's initialisation is part of the run: seed it

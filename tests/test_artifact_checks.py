@@ -131,14 +131,14 @@ def test_training_refuses_repeated_rows(finished, tmp_path):
 
 
 def test_per_response_rows_are_keyed_by_prompt_and_response():
-    from sppo_lite.data import build_sppo_dataset, check_training_values
+    from sppo_lite.data import build_sppo_dataset, check_unique_rows
 
     m = [[0.5, 0.7, 0.2], [0.3, 0.5, 0.4], [0.8, 0.6, 0.5]]
     ds = build_sppo_dataset(["p", "p"], [["a", "a", "b"]] * 2, [m, m], pair_mode="all", prompt_ids=[4, 9])
     assert ds["prompt_id"] == [4, 4, 4, 9, 9, 9] and ds["response_index"] == [0, 1, 2] * 2
-    check_training_values(ds)  # equal texts of one prompt (a tie) and a repeated prompt text are fine
+    check_unique_rows(ds)  # equal texts of one prompt (a tie) and a repeated prompt text are fine
     with pytest.raises(ValueError, match="repeat an earlier row's prompt_id and response_index"):
-        check_training_values(Dataset.from_dict(ds[:4]).add_item(ds[0]))
+        check_unique_rows(Dataset.from_dict(ds[:4]).add_item(ds[0]))
 
 
 # ---------------------------------------------------------------- every read error names its file and the fix
@@ -238,16 +238,18 @@ def test_an_empty_recipe_is_refused(tmp_path):
 def test_a_lock_naming_a_reused_pid_is_taken_over(tmp_path):
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        time.sleep(0.5)
+        ticks = artifacts._process_start_ticks(other.pid)
+        if ticks is None:
+            pytest.skip("no /proc here")
         lock = tmp_path / ".lock"
-        # The holder took the lock an hour ago and died; an unrelated process now has its pid.
+        # The holder died; an unrelated process now has its pid, with another start time.
         lock.write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(), "started": "an hour ago",
-                                    "since": time.time() - 3600}))
+                                    "start_ticks": ticks - 1000}))
         with loop.RunLock(tmp_path):
             assert json.loads(lock.read_text())["pid"] != other.pid
-        # A lock taken after that process started is its own: refused.
+        # The lock that process wrote itself: refused, whatever the wall clock did since.
         lock.write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(), "started": "now",
-                                    "since": time.time()}))
+                                    "start_ticks": ticks}))
         with pytest.raises(loop.RunLocked, match=f"in use by process {other.pid}"):
             loop.RunLock(tmp_path).acquire()
     finally:
@@ -255,13 +257,19 @@ def test_a_lock_naming_a_reused_pid_is_taken_over(tmp_path):
         other.wait()
 
 
-def test_process_start_times_come_from_proc():
+def test_process_start_ticks_come_from_proc():
     import os
 
-    started = artifacts._process_start_time(os.getpid())
-    if started is None:
+    mine = artifacts._process_start_ticks(os.getpid())
+    if mine is None:
         pytest.skip("no /proc here")
-    assert time.time() - 600 < started <= time.time()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
+    try:
+        time.sleep(0.2)
+        assert artifacts._process_start_ticks(child.pid) >= mine  # started later
+    finally:
+        child.kill()
+        child.wait()
 
 
 # ---------------------------------------------------------------- batch size is not in the fingerprint: proven

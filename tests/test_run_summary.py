@@ -163,3 +163,24 @@ def test_evaluate_a_finished_run(tmp_path, capsys):
 
     assert not trained & set(heldout_prompts(config, n=8))
     assert cli.main(["evaluate", "--run-dir", str(tmp_path / "nothing")]) == 2
+
+
+def test_routing_is_undone_and_nothing_is_dropped(tmp_path, capsys):
+    import logging
+
+    from sppo_lite import console
+
+    def state():
+        return {n: (list(logging.getLogger(n).handlers), logging.getLogger(n).propagate, logging.getLogger(n).level)
+                for n in ("transformers", "sppo_lite", "")}
+
+    before = state()
+    with console.routed("default"):  # no run folder ever known (a run refused before any work)
+        logging.getLogger("transformers.modeling_utils").warning("model not found")
+    assert "model not found" in capsys.readouterr().err and state() == before
+    with console.routed("default"):
+        console.attach_log(tmp_path)
+        with console.routed("quiet"):   # a command inside a command
+            pass
+        logging.getLogger("sppo_lite.run").info("after the inner one")
+    assert "after the inner one" in (tmp_path / "run.log").read_text() and state() == before

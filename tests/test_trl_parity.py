@@ -207,3 +207,9 @@ def test_ipo_sums_the_log_ratios_where_trl_averages_them_per_token(pairs, policy
     assert ours.state.log_history[0]["loss"] == pytest.approx(summed, rel=1e-4)
     assert dpo.state.log_history[0]["loss"] == pytest.approx(averaged, rel=1e-3)
     assert abs(summed - averaged) > 0.05 * averaged
+
+
+def test_an_explicit_gradient_checkpointing_wins_over_the_default(tmp_path):
+    assert SPPOConfig(output_dir=str(tmp_path), use_cpu=True).activation_checkpointing is True
+    off = SPPOConfig(output_dir=str(tmp_path), use_cpu=True, gradient_checkpointing=False)
+    assert off.activation_checkpointing is False and off.gradient_checkpointing is False

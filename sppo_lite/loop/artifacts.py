@@ -101,15 +101,11 @@ def wait_until(condition, poll_s: float = 0.5) -> None:
         time.sleep(poll_s)
 
 
-def _process_start_time(pid: int) -> float | None:
-    """When process `pid` started (seconds since the epoch), from /proc on Linux; None where that cannot be read."""
+def _process_start_ticks(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks after boot (field 22 of /proc/PID/stat, Linux); None elsewhere."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = int(fields[19])  # field 22 of proc(5), starttime, in clock ticks after boot
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
         return None
 
 
@@ -168,7 +164,7 @@ class RunLock:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-              "since": time.time()}  # a live pid that started after this is another process (a reused pid)
+              "start_ticks": _process_start_ticks(os.getpid())}  # the same pid with other ticks: a reused pid
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -248,7 +244,9 @@ class RunLock:
 
     @staticmethod
     def _reused(holder: dict) -> bool:
-        """The pid runs, but a process that started after the lock was taken: the holder died, its pid was reused."""
-        started = _process_start_time(int(holder["pid"]))
-        since = holder.get("since")
-        return started is not None and isinstance(since, (int, float)) and started > since + 2.0
+        """The pid runs, but it is another process than the holder (its start time, in clock ticks after boot,
+        differs from the one the holder wrote): the holder died and its pid was reused. Ticks since boot do not
+        move with the wall clock, so a clock step cannot make a live holder look reused."""
+        ticks = _process_start_ticks(int(holder["pid"]))
+        written = holder.get("start_ticks")
+        return ticks is not None and isinstance(written, int) and not isinstance(written, bool) and ticks != written

@@ -324,7 +324,7 @@ def run_all(config: dict, output_dir, force=(), iterations=None, log=print) -> R
     with run.lock:
         try:
             run.accept(n, force)
-        except ValueError:
+        except (ValueError, OSError):
             if new and ranks()[0] == 0:  # refused inputs leave nothing behind (not even a tiny model built to check them)
                 shutil.rmtree(run.output_dir, ignore_errors=True)
             raise

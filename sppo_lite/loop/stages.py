@@ -208,7 +208,9 @@ def check_responses(responses, k: int, name: str) -> None:
     if wrong:
         raise ValueError(f"{name}: row(s) {wrong[:5]} hold other than k = {k} responses: redo the stage "
                          f"with --force generate")
-    repeated = sorted({p for p in ids if ids.count(p) > 1}) if len(set(ids)) != len(ids) else []
+    from collections import Counter
+
+    repeated = sorted(p for p, n in Counter(ids).items() if n > 1)
     if repeated:
         raise ValueError(f"{name}: prompt id(s) {repeated[:5]} appear more than once: redo the stage with "
                          f"--force generate")
@@ -225,7 +227,7 @@ def check_judgements(judged, responses, k: int, name: str) -> None:
         m = np.asarray(m, dtype=float)
         problem = (f"is {'×'.join(map(str, m.shape))}, not {k}×{k}" if m.shape != (k, k) else
                    "holds NaN or inf" if not np.all(np.isfinite(m)) else
-                   "holds values outside [0, 1]" if m.min() < 0 or m.max() > 1 else None)
+                   "holds values outside [0, 1]" if m.min() < -1e-6 or m.max() > 1 + 1e-6 else None)  # the judge's tolerance
         if problem:
             raise ValueError(f"{name}: the win matrix of row {row} (prompt id {pid}) {problem}: redo the judge "
                              f"stage with --force judge")
@@ -466,15 +468,19 @@ def work_train(run, t: int, tmp: Path, partial: Path):
     if rank != 0:
         return None, None
     check_finite_weights(tmp / "model")  # a model with non-finite weights is never published
-    moved = weight_change(resolve_model_dir(policy), tmp / "model")
-    if moved["changed_tensors"] == 0:
+    try:
+        moved = weight_change(resolve_model_dir(policy), tmp / "model")
+    except FileNotFoundError:  # π_t saved without safetensors (pytorch_model.bin): the movement is not measured
+        moved = {"relative_l2": None, "max_abs": None, "changed_tensors": None, "tensors": 0}
+    if moved["tensors"] and moved["changed_tensors"] == 0:
         raise ValueError(f"iter{t}/train: π_{t + 1} is bit-identical to π_{t} after {metrics.get('global_step')} "
                          f"step(s), so it is not published: raise train.learning_rate or the number of steps "
                          f"(num_train_epochs, a smaller per_device_train_batch_size)")
     write_json_atomic(tmp / "log_history.json", history)
     summary = (f"π_{t + 1} trained ({cfg['train']['loss_type']}, β={cfg['train']['beta']}, "
                f"{cfg['policy']['mode']}), {metrics.get('global_step')} steps, loss "
-               f"{metrics.get('train_loss', float('nan')):.4g}, weights moved ‖Δθ‖/‖θ‖ = {moved['relative_l2']:.2e}")
+               f"{metrics.get('train_loss', float('nan')):.4g}, weights moved ‖Δθ‖/‖θ‖ = "
+               + (f"{moved['relative_l2']:.2e}" if moved["tensors"] else "not measured (no shared safetensors)"))
     return {"metrics": metrics, "mode": cfg["policy"]["mode"], "steps": metrics.get("global_step", len(history)),
             "weight_change": moved}, summary
 
