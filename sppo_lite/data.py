@@ -34,7 +34,7 @@ from sppo_lite.game import validate_preference
 __all__ = [
     "PROMPT_COLUMNS", "CHAT_COLUMNS",
     "load_prompts", "iteration_split", "probs_from_scores", "win_rates", "select_pairs",
-    "chat_messages", "build_sppo_dataset", "check_training_values", "check_unique_rows", "to_full_chats", "to_trl_rows",
+    "chat_messages", "build_sppo_dataset", "read_parquet", "check_training_values", "check_unique_rows", "to_full_chats", "to_trl_rows",
     "encode_chat",
     "pad_chat_batch", "sequence_logps",
     "add_reference_logps",
@@ -351,6 +351,18 @@ def to_trl_rows(dataset: datasets.Dataset) -> datasets.Dataset:
 # Columns a training row may hold, and the values each must lie in.
 PROBABILITY_COLUMNS = ("chosen_probs", "chosen_probs_win", "chosen_probs_lose", "win_prob")
 REFERENCE_COLUMNS = tuple(f"ref_{c}_logps" for c in CHAT_COLUMNS)
+
+
+def read_parquet(path, fix: str) -> datasets.Dataset:
+    """A parquet file as an in-memory Dataset (pyarrow: an empty file is 0 rows, not an error); one ValueError
+    naming the file and `fix` (what to do about it) when it cannot be read."""
+    import pyarrow.parquet as pq
+
+    try:
+        return datasets.Dataset(pq.read_table(str(path)))
+    except Exception as err:  # pyarrow's and the OS's errors alike: none of them names the file
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"{path} cannot be read ({first}): {fix}") from None
 
 
 def check_unique_rows(dataset, name: str = "dataset") -> None:

@@ -34,7 +34,7 @@ from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, Trai
 from transformers.trainer_callback import ExportableState
 
 from sppo_lite.data import (CHAT_COLUMNS, check_training_values, check_unique_rows, encode_chat, pad_chat_batch,
-                            sequence_logps, to_full_chats)
+                            read_parquet, sequence_logps, to_full_chats)
 from sppo_lite.engines import fsdp_on_cpu
 from sppo_lite.modeling import keep_4bit_trainable
 from sppo_lite.losses import (LOSSES, dpo_loss, ipo_loss, sppo_hard_loss, sppo_loss, sppo_pair_loss,
@@ -646,7 +646,6 @@ def train_and_merge(policy_path, dataset_path, output_dir, checkpoint_dir, mode:
     starts its own fresh adapter. Checkpoints go to checkpoint_dir every save_steps steps; a killed
     run resumes from the newest one. Returns (train metrics, log history).
     """
-    from datasets import Dataset
     from transformers import set_seed
 
     from sppo_lite.modeling import load_policy
@@ -664,11 +663,7 @@ def train_and_merge(policy_path, dataset_path, output_dir, checkpoint_dir, mode:
     config.setdefault("disable_dropout", False)  # a recipe's lora_dropout is meant; train.disable_dropout=true: TRL's
     args = SPPOConfig(output_dir=str(checkpoint_dir), seed=seed, save_strategy="steps", save_steps=save_steps,
                       dataloader_pin_memory=on_gpu, use_cpu=not on_gpu, **_mixed_precision(bf16), **config)
-    try:
-        dataset = Dataset.from_parquet(str(dataset_path))
-    except Exception as err:  # pyarrow's messages do not name the file
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"{dataset_path} cannot be read ({first}): rebuild it (sppo-lite build --force)") from None
+    dataset = read_parquet(dataset_path, "rebuild it (sppo-lite build --force)")
     check_training_values(dataset, str(dataset_path))  # before loading anything
     check_unique_rows(dataset, str(dataset_path))       # the build stage's prompt_id keys: no row twice
     _check_columns(dataset, str(dataset_path), args.loss_type, args.reference, args.precompute_ref_log_probs)

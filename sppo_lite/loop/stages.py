@@ -177,17 +177,10 @@ def _readable_json(path: Path) -> bool:
 
 
 def _load_parquet(path: Path, stage: str | None = None, fix: str | None = None):
-    """A parquet artifact (in memory, read by pyarrow: an empty one is a dataset of 0 rows, not an error);
-    one line naming the file and the fix when it cannot be read."""
-    import pyarrow.parquet as pq
-    from datasets import Dataset
+    """A stage's parquet artifact; a read error names the file and the fix (by default, redoing its stage)."""
+    from ..data import read_parquet
 
-    try:
-        return Dataset(pq.read_table(str(path)))
-    except Exception as err:  # pyarrow's and datasets' errors alike: none of them names the file
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"{path} cannot be read ({first}): "
-                         f"{fix or f'redo its stage with --force {stage}'}") from None
+    return read_parquet(path, fix or f"redo its stage with --force {stage}")
 
 
 def _readable_shard(path: Path) -> bool:
