@@ -75,7 +75,7 @@ def main(argv=None) -> int:
         ap.error("--device cuda but torch sees no GPU: use --device cpu for the dry run")
     gpu = args.name or (torch.cuda.get_device_name(0) if cuda else "cpu")
     overrides = ["iterations=1", "policy.mode=qlora", f"policy.device={args.device}", f"judge.device={args.device}",
-                 "train.bf16=auto", "train.gradient_checkpointing=true", *args.set]
+                 "train.bf16=auto", "train.activation_checkpointing=true", *args.set]
     result = {"ok": False, "gpu": gpu, "stages": {}, "error": None}
     out = Path(args.results_dir) / f"gpu_smoke-{slug(gpu)}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

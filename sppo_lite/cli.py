@@ -156,6 +156,19 @@ def cmd_init(args) -> int:
     return 0
 
 
+def cmd_keys(args) -> int:
+    """Every recipe key with its default and what it allows; with --config, the recipe's values as YAML."""
+    from sppo_lite import loop
+
+    if args.config is None:
+        print(loop.config_reference(), end="")
+        return 0
+    import yaml
+
+    print(yaml.safe_dump(loop.load_config(args.config, args.set), sort_keys=False, allow_unicode=True), end="")
+    return 0
+
+
 def cmd_pipeline(args) -> int:
     """One stage of one iteration, or (iterate) every stage of every iteration; resumable."""
     from sppo_lite import console
@@ -302,7 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
                "is overwritten. The recipes also run by name from anywhere: --config cpu-tiny.")
     init.add_argument("dir", nargs="?", default="sppo-lite-recipes", help="a new or empty folder")
     init.set_defaults(func=cmd_init)
-    subcommands = {"toy": toy, "notebooks": nb, "reproduce": rep, "init": init, "evaluate": ev}
+    keys = add("keys", "every recipe key: default, allowed values, meaning (or a recipe's values)",
+               "Every key a recipe may set, as a markdown table (docs/config.md is this output). With --config,\n"
+               "the recipe's merged and checked values instead, as YAML.")
+    keys.add_argument("--config", help="a recipe (path or shipped name) to show the values of")
+    keys.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override, as iterate takes")
+    keys.set_defaults(func=cmd_keys)
+    subcommands = {"toy": toy, "notebooks": nb, "reproduce": rep, "init": init, "evaluate": ev, "keys": keys}
     stage_help = {"generate": "K samples per prompt from π_t", "judge": "K×K win matrices from the judge",
                   "build": "pairs, win rates and reference log-probs", "train": "SPPO training: π_t → π_{t+1}"}
     for name, text in [("iterate", "all stages of iterations 1..T (resumable)"), *stage_help.items()]:

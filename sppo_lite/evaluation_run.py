@@ -129,13 +129,9 @@ def paper_label(t: int, best_of: int | None = None) -> str:
 
 def model_name(model: str) -> str:
     """A readable name for a config's policy.model: a named model's label, a Hub id's last part, a folder's name."""
-    from .modeling import NAMED_MODELS
+    from .model_source import display_name
 
-    if model in NAMED_MODELS:
-        return NAMED_MODELS[model].get("label", model)
-    if model == "tiny":
-        return "tiny random Mistral"
-    return Path(str(model).rstrip("/")).name
+    return display_name(model)
 
 
 def model_label(run_or_model, t: int, best_of: int | None = None) -> str:

@@ -20,9 +20,10 @@ from . import game
 __all__ = ["MARKERS", "BODIES", "style_response", "style_sft_chats", "sft", "build_lab_policy", "style_mix",
            "lab_config", "style_payoff", "mix_trajectory", "run_arm", "samples", "win_rate_vs", "logratio_moves",
            "fit_effective_eta", "style_game_with_broken", "with_broken", "train_counts", "quiet_into", "style_lows",
-           "sft_seconds"]
+           "sft_seconds", "METHODS", "sweep_arms", "arm_exploitability"]
 
 MARKERS = ("Sure!", "Well,", "Briefly:")
+METHODS = ("sppo", "dpo", "ipo")
 # Two bodies per style: the first says "good" (the judge's within-style quality), the second does not.
 BODIES = {
     "Sure!": ("here is a good answer for you.", "here is an answer for you."),
@@ -147,16 +148,16 @@ def style_payoff(style_matrix, quality_weight: float) -> np.ndarray:
 def lab_config(policy_path: str, prompts_path: str, method: str = "sppo", iterations: int = 6,
                n_prompts: int = 48, k: int = 8, beta: float = 0.125, learning_rate: float = 3e-3,
                epochs: int = 2, quality_weight: float = 0.2, seed: int = 0) -> dict:
-    """The loop config of one lab arm: SPPO (every sample, its own target) or iterative DPO (best vs worst).
+    """The loop config of one lab arm: SPPO (every sample, its own target), iterative DPO or IPO (best vs worst).
 
-    Both arms take the same number of optimizer steps per iteration: SPPO trains n_prompts·k rows in
-    batches of 32, DPO n_prompts pairs in batches of max(1, 32 // k) (fewer when tied pairs are dropped;
+    Every arm takes the same number of optimizer steps per iteration: SPPO trains n_prompts·k rows in
+    batches of 32, DPO / IPO n_prompts pairs in batches of max(1, 32 // k) (fewer when tied pairs are dropped;
     train_counts reads what ran). The Trainer's progress display is off (disable_tqdm).
     """
     from .loop import load_config
 
-    if method not in ("sppo", "dpo"):
-        raise ValueError(f"method must be 'sppo' or 'dpo', got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
     overrides = {
         "seed": seed, "iterations": iterations,
         "policy": {"model": str(policy_path), "mode": "full", "device": "cpu"},
@@ -172,7 +173,7 @@ def lab_config(policy_path: str, prompts_path: str, method: str = "sppo", iterat
         "train": {"loss_type": method, "beta": beta, "learning_rate": learning_rate, "optim": "adamw_torch",
                   "lr_scheduler_type": "constant", "warmup_steps": 0, "num_train_epochs": epochs,
                   "per_device_train_batch_size": 32 if method == "sppo" else max(1, 32 // k), "max_length": 256, "max_prompt_length": 192,
-                  "gradient_checkpointing": False, "bf16": False, "logging_steps": 1, "save_steps": 10_000,
+                  "activation_checkpointing": False, "bf16": False, "logging_steps": 1, "save_steps": 10_000,
                   "disable_tqdm": True},
     }
     return load_config(updates=overrides)
@@ -333,3 +334,41 @@ def style_lows(mixes, markers=MARKERS) -> list[dict]:
         t = int(np.nanargmin(mixes[:, k]))
         out.append({"style": marker, "low": float(mixes[t, k]), "at": t, "regained": float(np.nanmax(mixes[t:, k]))})
     return out
+
+
+def arm_exploitability(run, iterations: int, style_matrix=None) -> dict:
+    """Exploitability (broken answers counted) of an arm's last iterate and of its running average, t = 0..T."""
+    G = style_game_with_broken(game.weighted_cycle() if style_matrix is None else style_matrix)
+    mixes, unmarked = mix_trajectory(run, iterations)
+    pi = with_broken(mixes, unmarked)
+    return {"last": game.exploitability_curve(G, pi), "average": game.exploitability_curve(G, game.running_average(pi)),
+            "mixes": mixes, "unmarked": np.asarray(unmarked, dtype=float)}
+
+
+def sweep_arms(method: str, betas, learning_rates, output_dir, policy_path, prompts_path, progress=True,
+               log_file=None, **config) -> list[dict]:
+    """One arm of `method` per (β, learning rate), each through run_arm; rows sorted best first.
+
+    A row: {"beta", "learning_rate", "average" (the average iterate's final exploitability, the score),
+    "last" (the last iterate's), "rows_last" (training rows of the last iteration: 0 means every pair tied),
+    "steps" (optimizer steps that ran), "seconds"}. `config` goes to lab_config (iterations, n_prompts, k,
+    epochs, quality_weight, seed): every arm sees the same prompts and, at iteration 1, the same samples.
+    Finished arms are read back, not rerun (the loop's stages are resumable).
+    """
+    from tqdm.auto import tqdm
+
+    grid = [(float(b), float(lr)) for b in betas for lr in learning_rates]
+    if not grid:
+        raise ValueError("sweep_arms needs at least one β and one learning rate")
+    out = []
+    for beta, lr in tqdm(grid, desc=f"{method} sweep", disable=not progress):
+        cfg = lab_config(policy_path, prompts_path, method, beta=beta, learning_rate=lr, **config)
+        run = run_arm(cfg, Path(output_dir) / f"{method}_beta{beta:g}_lr{lr:g}", log=lambda *a: None,
+                      log_file=log_file)
+        T = cfg["iterations"]
+        curves = arm_exploitability(run, T)
+        counts = train_counts(run, T)
+        out.append({"beta": beta, "learning_rate": lr, "average": float(curves["average"][-1]),
+                    "last": float(curves["last"][-1]), "rows_last": counts["rows"][-1],
+                    "steps": int(sum(counts["steps"])), "seconds": counts["seconds"], "run": run})
+    return sorted(out, key=lambda r: r["average"])

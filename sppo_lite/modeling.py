@@ -182,20 +182,22 @@ def require_chat_template(tokenizer, name: str | None = None) -> None:
 
 def load_policy(model_name_or_path, mode: str = "full", lora_r: int = 16, lora_alpha: int = 32,
                 lora_dropout: float = 0.05, target_modules="all-linear", dtype=None, device_map=None,
-                gradient_checkpointing: bool = False):
+                activation_checkpointing: bool = False, gradient_checkpointing: bool | None = None):
     """Load (model, tokenizer): full weights, a LoRA adapter on full weights, or QLoRA (NF4 double-quant base + LoRA).
 
     dtype None picks via pick_dtype (it is also the QLoRA compute dtype). device_map None loads full and
     LoRA models on CPU (Trainer / DeepSpeed place them; call .to("cuda") to generate) and QLoRA on
     {"": LOCAL_RANK} with a GPU, {"": "cpu"} without one. A tokenizer without a pad token
     (Mistral's) gets pad = eos. The model comes back in eval mode: call model.train() before training.
+    activation_checkpointing: non-reentrant, adapters included (gradient_checkpointing: its old name, still read).
     """
+    if gradient_checkpointing is not None:
+        activation_checkpointing = gradient_checkpointing
     if mode not in LOAD_MODES:
         raise ValueError(f"mode must be one of {LOAD_MODES}, got {mode!r}")
-    name = str(model_name_or_path)
-    if name in NAMED_MODELS:
-        name = named_model_dir(name)
-    _require_local_or_cached(name)
+    from .model_source import resolve_model
+
+    name = resolve_model(model_name_or_path).path()  # a named model's folder; a Hub id checked against the cache
     tokenizer = AutoTokenizer.from_pretrained(name)
     require_chat_template(tokenizer, name)
     if tokenizer.pad_token is None:
@@ -217,7 +219,7 @@ def load_policy(model_name_or_path, mode: str = "full", lora_r: int = 16, lora_a
         keep_4bit_trainable(model)
         # Freezes the base and upcasts norms/embeddings to fp32; checkpointing is enabled below for every mode.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    if gradient_checkpointing:
+    if activation_checkpointing:
         _enable_checkpointing(model)
     if mode != "full":
         model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
@@ -239,21 +241,6 @@ def keep_4bit_trainable(model) -> None:
                                  "no-grad forward), a format without gradients: reload it with "
                                  "sppo_lite.modeling.load_policy(mode='qlora') before training")
             module.support_avx512bf16_for_cpu = False
-
-
-def _require_local_or_cached(name: str) -> None:
-    """Fail early, in one line, when offline mode is on and `name` is neither a directory nor in the HF cache."""
-    if os.path.isdir(name) or not huggingface_hub.is_offline_mode():
-        return
-    try:
-        cached = huggingface_hub.try_to_load_from_cache(name, "config.json")
-    except ValueError:  # not even a valid repo id, e.g. a missing absolute path
-        cached = None
-    if not isinstance(cached, str):
-        raise FileNotFoundError(
-            f"{name!r} is not a local directory and the model is not in the local Hugging Face cache, and offline "
-            "mode is on (HF_HUB_OFFLINE=1): pass a local directory saved with save_pretrained, or go online once "
-            "(unset HF_HUB_OFFLINE) to download it")
 
 
 def _as_dtype(dtype) -> torch.dtype | None:
@@ -282,11 +269,12 @@ def resolve_model_dir(name_or_path) -> str:
     Never downloads: by the time a run needs the folder (the hand-off merge, a copy of π_t) the model
     has been loaded from the cache, so its weights, config and tokenizer files are there.
     """
-    name = str(name_or_path)
-    if name in NAMED_MODELS:
-        return named_model_dir(name)
-    if os.path.isdir(name):
-        return name
+    from .model_source import resolve_model
+
+    source = resolve_model(name_or_path)
+    if source.kind != "hub":
+        return source.path()
+    name = source.name
     try:
         return huggingface_hub.snapshot_download(name, local_files_only=True)
     except Exception as err:  # not a repo id, or not cached: one line either way

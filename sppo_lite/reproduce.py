@@ -87,7 +87,7 @@ TINY_SETTINGS = {
     "judge.shard_size": 8,
     "build.ref_batch_size": 8,
     "train.beta": 0.1, "train.learning_rate": 1.0e-2, "train.optim": "adamw_torch", "train.warmup_steps": 0,
-    "train.num_train_epochs": 2, "train.per_device_train_batch_size": 2, "train.gradient_checkpointing": False,
+    "train.num_train_epochs": 2, "train.per_device_train_batch_size": 2, "train.activation_checkpointing": False,
     "train.bf16": False, "train.max_length": 256, "train.max_prompt_length": 200, "train.logging_steps": 1,
     "train.lora_r": 8, "train.lora_alpha": 16, "train.lora_dropout": 0.0,
 }

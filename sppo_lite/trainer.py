@@ -551,10 +551,10 @@ def _load_model(name: str, args: SPPOConfig, processing_class):
     trainers load a model given by name."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sppo_lite.modeling import NAMED_MODELS, named_model_dir, require_chat_template
+    from sppo_lite.model_source import resolve_model
+    from sppo_lite.modeling import require_chat_template
 
-    if name in NAMED_MODELS:
-        name = named_model_dir(name)
+    name = resolve_model(name).path()
 
     model = AutoModelForCausalLM.from_pretrained(name, **(args.model_init_kwargs or {}))
     if processing_class is None:
@@ -652,14 +652,18 @@ def train_and_merge(policy_path, dataset_path, output_dir, checkpoint_dir, mode:
     from sppo_lite.precision import check_weight_precision
 
     check_weight_precision(mode, dtype, float(config.get("learning_rate", SPPOConfig.learning_rate)), bf16)
-    gradient_checkpointing = config.pop("gradient_checkpointing", False)
+    # The loop's train.activation_checkpointing (gradient_checkpointing in older recipes) is set up by load_policy
+    # (non-reentrant, adapters included); the Trainer's own switch stays off so it is not done twice.
+    checkpointing = config.pop("activation_checkpointing", None)
+    old = config.pop("gradient_checkpointing", None)
+    checkpointing = bool(old if checkpointing is None else checkpointing)
     on_gpu = torch.cuda.is_available()
     # The arguments come first: under DeepSpeed ZeRO-3 they switch from_pretrained to sharded loading
     # (zero.Init), so no process holds the whole model. use_cpu also makes torchrun on CPU
     # data-parallel (gloo); without it every rank trains alone.
     config.setdefault("report_to", [])  # train.report_to: [wandb], [tensorboard], ...
     config.setdefault("save_total_limit", 1)
-    config.setdefault("activation_checkpointing", False)  # load_policy sets it up (gradient_checkpointing above)
+    config["activation_checkpointing"] = False
     config.setdefault("disable_dropout", False)  # a recipe's lora_dropout is meant; train.disable_dropout=true: TRL's
     args = SPPOConfig(output_dir=str(checkpoint_dir), seed=seed, save_strategy="steps", save_steps=save_steps,
                       dataloader_pin_memory=on_gpu, use_cpu=not on_gpu, **_mixed_precision(bf16), **config)
@@ -670,7 +674,7 @@ def train_and_merge(policy_path, dataset_path, output_dir, checkpoint_dir, mode:
     check_training_moves(args, len(dataset), str(dataset_path))
     set_seed(seed)  # the fresh LoRA adapter's initialisation is part of the run: seed it
     model, tokenizer = load_policy(policy_path, mode=mode, dtype=dtype, lora_r=lora_r, lora_alpha=lora_alpha,
-                                   lora_dropout=lora_dropout, gradient_checkpointing=gradient_checkpointing)
+                                   lora_dropout=lora_dropout, activation_checkpointing=checkpointing)
     model.train()
     trainer = SPPOTrainer(model, args=args, train_dataset=dataset, processing_class=tokenizer)
     _quiet_progress(trainer, f"{Path(dataset_path).parent.parent.name} train")

@@ -40,12 +40,13 @@ def test_payoff_keeps_the_nash():
 def test_lab_configs_differ_only_where_the_methods_do():
     sppo = lab.lab_config("policy", "prompts.jsonl", "sppo")
     dpo = lab.lab_config("policy", "prompts.jsonl", "dpo")
-    assert (sppo["build"]["pair_mode"], dpo["build"]["pair_mode"]) == ("all", "best_worst")
-    assert (sppo["train"]["loss_type"], dpo["train"]["loss_type"]) == ("sppo", "dpo")
-    assert sppo["generation"] == dpo["generation"] and sppo["judge"] == dpo["judge"]
+    ipo = lab.lab_config("policy", "prompts.jsonl", "ipo")
+    assert (sppo["build"]["pair_mode"], dpo["build"]["pair_mode"], ipo["build"]["pair_mode"]) == ("all", "best_worst", "best_worst")
+    assert (sppo["train"]["loss_type"], dpo["train"]["loss_type"], ipo["train"]["loss_type"]) == ("sppo", "dpo", "ipo")
+    assert sppo["generation"] == dpo["generation"] == ipo["generation"] and sppo["judge"] == dpo["judge"] == ipo["judge"]
     assert sppo["generation"]["temperature"] == 1.0 and sppo["prompts"]["thirds"] is None
     with pytest.raises(ValueError, match="method"):
-        lab.lab_config("policy", "prompts.jsonl", "ipo")
+        lab.lab_config("policy", "prompts.jsonl", "kto")
 
 
 def test_effective_eta_is_recovered_from_exact_dynamics():

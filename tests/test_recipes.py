@@ -19,7 +19,7 @@ PAPER = CONFIGS / "full-8gpu-mistral7b.yaml"
 COLAB = CONFIGS / "colab-qlora-mistral7b.yaml"
 # Keys of the train section that train_and_merge consumes itself (its named parameters, plus the one it pops);
 # the rest become SPPOConfig fields.
-MERGE_KEYS = {*inspect.signature(train_and_merge).parameters, "gradient_checkpointing"} - {"config"}
+MERGE_KEYS = {*inspect.signature(train_and_merge).parameters, "activation_checkpointing"} - {"config"}
 
 
 def test_the_recipes_exist():
@@ -61,7 +61,7 @@ def test_paper_recipe_has_the_paper_values():
     assert t["optim"] == "rmsprop" and t["lr_scheduler_type"] == "linear"
     assert t["warmup_steps"] == pytest.approx(0.1)  # a ratio of the steps in transformers 5
     assert (t["max_length"], t["max_prompt_length"]) == (1024, 512) and g["max_prompt_tokens"] == 512
-    assert t["gradient_checkpointing"] is True and t["bf16"] is True and t["num_train_epochs"] == 1
+    assert t["activation_checkpointing"] is True and t["bf16"] is True and t["num_train_epochs"] == 1
 
     # The run command in the header, and the global batch it gives: 8 per device × 8 processes = 64.
     header = _header_command(PAPER)
@@ -85,7 +85,7 @@ def test_colab_recipe_is_qlora_with_its_own_beta_and_lr():
     assert t["beta"] == pytest.approx(0.01) and t["learning_rate"] == pytest.approx(5e-5)
     assert t["beta"] > paper["beta"] and t["learning_rate"] > paper["learning_rate"]
     assert t["optim"] == paper["optim"] and t["warmup_steps"] == paper["warmup_steps"]
-    assert t["gradient_checkpointing"] is True and t["bf16"] == "auto"  # fp16 on a T4, bf16 where supported
+    assert t["activation_checkpointing"] is True and t["bf16"] == "auto"  # fp16 on a T4, bf16 where supported
     assert t["reference"] == "precomputed"  # scored in 4 bit by the build stage, as training starts
     assert g["max_prompt_tokens"] == t["max_prompt_length"] < t["max_length"]
 

@@ -5,7 +5,8 @@
     iter{t}/build/sppo.parquet           pairs, win rates, log π_t of each response
     iter{t}/train/model/                 π_{t+1}: the next iteration's generator and reference
 
-    config.py      every key and its default; YAML and overrides; every value checked before any work
+    schema.py      every key as a typed dataclass field: default, help, allowed values (RunConfig)
+    config.py      YAML and overrides merged over the defaults, checked once (RunConfig.check) before any work
     artifacts.py   atomic writes, manifests, content hashes, the output folder's lock, process ranks
     run.py         Run: stage bookkeeping (skip / refuse / resume / publish), run_iteration, run_all
     stages.py      each stage's fingerprint and work; one shard mechanism for generation and judging
@@ -24,12 +25,14 @@ data-parallel through the Trainer (DDP; DeepSpeed / FSDP for full fine-tuning vi
 """
 from .artifacts import RunLock, RunLocked, content_hash, model_identity, ranks, read_manifest
 from .config import (DEFAULT_CONFIG, JUDGE_TYPES, apply_overrides, check_config, check_iterations, check_prompt_source,
-                     load_config, read_yaml_mapping)
+                     load_config, load_run_config, read_yaml_mapping)
+from .schema import RunConfig, config_reference
 from .run import ARTIFACTS, STAGES, Run, StageChanged, quiet_datasets, run_all, run_iteration, summary_rows, summary_table
 from .stages import (STAGE_FUNCTIONS, build_stage, device_for, generate_stage, iteration_prompts, judge_stage,
                      make_judge, run_shards, train_stage)
 
-__all__ = ["STAGES", "ARTIFACTS", "DEFAULT_CONFIG", "JUDGE_TYPES", "STAGE_FUNCTIONS", "load_config", "apply_overrides",
+__all__ = ["STAGES", "ARTIFACTS", "DEFAULT_CONFIG", "JUDGE_TYPES", "STAGE_FUNCTIONS", "load_config", "load_run_config",
+           "RunConfig", "config_reference", "apply_overrides",
            "read_yaml_mapping", "check_config", "check_iterations", "check_prompt_source", "Run", "StageChanged", "RunLock", "RunLocked",
            "run_iteration", "run_all", "quiet_datasets", "read_manifest", "content_hash", "model_identity", "ranks",
            "iteration_prompts", "make_judge", "run_shards", "device_for", "generate_stage", "judge_stage",

@@ -21,66 +21,18 @@ from pathlib import Path
 import yaml
 
 from ..resources import PROJECT_ROOT, recipe_path
+from .schema import DTYPES as _DTYPES
+from .schema import JUDGE_TYPES, RunConfig, did_you_mean
 
-__all__ = ["DEFAULT_CONFIG", "JUDGE_TYPES", "load_config", "apply_overrides", "read_yaml_mapping", "check_config",
+__all__ = ["DEFAULT_CONFIG", "JUDGE_TYPES", "RunConfig", "load_config", "load_run_config", "apply_overrides", "read_yaml_mapping", "check_config",
            "check_iterations", "check_prompt_source"]
 
-JUDGE_TYPES = ("pairrm", "reward_model", "length", "sentiment", "committee", "cyclic_style")
 _PROMPT_SUFFIXES = (".jsonl", ".json", ".parquet")
 
-# Every key a config may set, with its default. Configs override these; unknown keys are errors,
-# except in `train`, which also takes any TrainingArguments field (checked against SPPOConfig).
-DEFAULT_CONFIG = {
-    "seed": 0,
-    "iterations": 3,
-    "policy": {
-        "model": "mistralai/Mistral-7B-Instruct-v0.2",  # "tiny": a random tiny Mistral built locally
-        "mode": "full",                    # full | lora | qlora (training; generation uses the merged π_t)
-        "dtype": None,                     # None: bf16 / fp16 / fp32 by device
-        "device": "auto",                  # auto: cuda when available, else cpu
-    },
-    "prompts": {
-        "source": "data/prompts.jsonl",    # .jsonl / .parquet / hub dataset id (UltraFeedback)
-        "split": "train",
-        "column": None,
-        "thirds": 3,                       # disjoint parts, one per iteration (paper: 3); null: all prompts every iteration
-        "n_prompts": None,                 # per iteration; None = the whole part
-    },
-    "generation": {
-        "backend": "transformers",         # transformers | vllm
-        "k": 5, "temperature": 0.7, "top_p": 0.9, "max_new_tokens": 512,
-        "batch_size": 8, "max_prompt_tokens": 512, "long_prompts": "skip",
-        "shard_size": 256,                 # prompts per resumable shard
-    },
-    "judge": {
-        "type": "pairrm",                  # pairrm | reward_model | length | sentiment | committee | cyclic_style
-        "model": "llm-blender/PairRM",     # "tiny": a tiny PairRM-shaped ranker built locally
-        "mode": "official",                # pairrm: official (BT scores, as the paper) | pairwise
-        "batch_size": 16, "dtype": None, "device": "auto",
-        "template_prompts": True,          # show the judge the prompt in π_t's chat template (official rank.py)
-        "markers": None,                   # cyclic_style: one marker string per style
-        "style_matrix": None,              # cyclic_style: the styles' preference matrix (default game.weighted_cycle())
-        "quality_keyword": None,           # cyclic_style: q(y) = occurrences of this word (within-style quality)
-        "quality_weight": 0.2,             # cyclic_style: P = (1 − w)·S + w·σ(q_i − q_j)
-        "length_scale": 20.0,              # length judge: P_ij = σ((len_i − len_j)/scale)
-        "words_per_point": 60.0,           # sentiment judge: s = VADER compound − words/words_per_point
-        "sentiment_scale": 0.1,            # sentiment judge: P_ij = σ((s_i − s_j)/sentiment_scale)
-        "shard_size": 256,
-    },
-    "build": {
-        "pair_mode": "best_worst",         # official: argmax / argmin judge score; or all
-        "ref_batch_size": 8,
-    },
-    "train": {
-        "loss_type": "sppo", "beta": 0.001, "learning_rate": 5.0e-7, "optim": "rmsprop",
-        "lr_scheduler_type": "linear", "warmup_steps": 0.1, "num_train_epochs": 1,  # warmup < 1: a ratio
-        "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
-        "max_length": 1024, "max_prompt_length": 512, "gradient_checkpointing": True,
-        "bf16": "auto", "logging_steps": 10, "save_steps": 100, "lora_r": 16, "lora_alpha": 32,
-        "lora_dropout": 0.05, "reference": "precomputed",
-        # Any other TrainingArguments field may be added here (weight_decay, report_to, max_grad_norm, ...).
-    },
-}
+# Every key a config may set, with its default: the dict form of schema.RunConfig() (each key's default, help and
+# allowed values are its dataclass field). Unknown keys are errors, except in `train`, which also takes any
+# TrainingArguments field (checked against SPPOConfig).
+DEFAULT_CONFIG = RunConfig().to_dict()
 
 # train keys that are ours (not TrainingArguments fields) and TrainingArguments fields the loop sets itself.
 _TRAIN_OWN = ("lora_r", "lora_alpha", "lora_dropout", "bf16")
@@ -89,16 +41,9 @@ _TRAIN_SET_BY_LOOP = {"output_dir": "the run's folder", "seed": "the top-level `
                       "save_strategy": "the loop (train.save_steps sets how often)",
                       "remove_unused_columns": "SPPOTrainer (it must stay False)"}
 
-_DTYPES = (None, "float32", "float16", "bfloat16")
-
-
 # ---------------------------------------------------------------- reading
 
-def _did_you_mean(key: str, known) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.75)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+_did_you_mean = did_you_mean
 
 
 def _merge(base: dict, update: dict, where: str = "", open_keys=("train",)) -> dict:
@@ -168,6 +113,24 @@ def read_yaml_mapping(path) -> dict:
     return data
 
 
+def _renamed(update: dict, where: str) -> dict:
+    """`update` with train.gradient_checkpointing (deprecated in transformers 5.23) as activation_checkpointing.
+
+    Renamed in each layer (recipe, updates, overrides) before they are merged, so a later layer's value wins
+    whichever name it uses."""
+    train = update.get("train") if isinstance(update, dict) else None
+    if not isinstance(train, dict) or "gradient_checkpointing" not in train:
+        return update
+    update = copy.deepcopy(update)
+    old = update["train"].pop("gradient_checkpointing")
+    if "activation_checkpointing" in update["train"] and update["train"]["activation_checkpointing"] != old:
+        raise ValueError(f"{where} sets train.gradient_checkpointing ({old}) and train.activation_checkpointing "
+                         f"({update['train']['activation_checkpointing']}): they are one setting, keep "
+                         f"activation_checkpointing")
+    update["train"]["activation_checkpointing"] = old
+    return update
+
+
 def _source_from(update: dict, base: Path | None) -> dict:
     """`update` with a relative prompt-file path made relative to the working directory from `base`."""
     source = (update.get("prompts") or {}).get("source") if isinstance(update.get("prompts"), dict) else None
@@ -199,12 +162,24 @@ def load_config(path=None, overrides=None, updates: dict | None = None) -> dict:
     config = _source_from(DEFAULT_CONFIG, PROJECT_ROOT)
     if path is not None:
         path = recipe_path(path)
-        config = _merge(config, _source_from(read_yaml_mapping(path), Path(path).resolve().parent))
-    config = _merge(config, _source_from(updates or {}, Path.cwd()))
-    config = _merge(config, _source_from(_overrides_to_dict(overrides), Path.cwd()))
-    loss = config["train"].get("loss_type")
+        config = _merge(config, _source_from(_renamed(read_yaml_mapping(path), f"config file {path}"),
+                                             Path(path).resolve().parent))
+    config = _merge(config, _source_from(_renamed(updates or {}, "updates"), Path.cwd()))
+    config = _merge(config, _source_from(_renamed(_overrides_to_dict(overrides), "--set"), Path.cwd()))
+    return load_run_config_dict(config)
+
+
+def load_run_config(path=None, overrides=None, updates: dict | None = None) -> RunConfig:
+    """load_config's result as a typed RunConfig (config.train.beta rather than config["train"]["beta"])."""
+    return RunConfig.from_dict(load_config(path, overrides, updates))
+
+
+def load_run_config_dict(config: dict) -> dict:
+    """A merged config dict, normalised (TRL's list loss_type) and checked."""
+    train = config["train"]
+    loss = train.get("loss_type")
     if isinstance(loss, list) and len(loss) == 1:  # TRL 1.x's form, loss_type: [sppo]
-        config["train"]["loss_type"] = loss[0]
+        train["loss_type"] = loss[0]
     check_config(config)
     return config
 
@@ -223,154 +198,19 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
-
-
-def _fail(key: str, allowed: str, value) -> None:
-    raise ValueError(f"config key {key} must be {allowed}, got {value!r}")
-
-
-def _int(config, key, low=None, optional=False):
-    value = _get(config, key)
-    if optional and value is None:
-        return
-    if not _is_int(value) or (low is not None and value < low):
-        _fail(key, ("null or " if optional else "") + "an integer" + (f" >= {low}" if low is not None else ""), value)
-
-
-def _number(config, key, low=None, high=None, low_open=False, high_open=False):
-    value = _get(config, key)
-    ok = _is_number(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
-        hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
-        _fail(key, "a finite number" + (f" {lo}" if lo else "") + (" and" if lo and hi else "") + (f" {hi}" if hi else ""),
-              value)
-
-
-def _choice(config, key, choices):
-    value = _get(config, key)
-    if value not in choices:
-        _fail(key, "one of " + ", ".join("null" if c is None else str(c) for c in choices), value)
-
-
-def _text(config, key, optional=False):
-    value = _get(config, key)
-    if optional and value is None:
-        return
-    if not isinstance(value, str) or not value.strip():
-        _fail(key, ("null or " if optional else "") + "a non-empty string", value)
-
-
-def _bool(config, key, extra=()):
-    value = _get(config, key)
-    if not isinstance(value, bool) and value not in extra:
-        _fail(key, "true or false" + "".join(f" or {e!r}" for e in extra), value)
-
-
-def _get(config, key):
-    node = config
-    for part in key.split("."):
-        node = node[part]
-    return node
-
-
 def check_config(config: dict) -> None:
-    """Raise one ValueError naming the first key whose value has the wrong type or range."""
-    from ..generation import LONG_PROMPT_POLICIES
-    from ..losses import LOSSES
-    from ..modeling import LOAD_MODES
+    """Raise one ValueError naming the first key whose value has the wrong type or range.
 
-    _int(config, "seed", 0)
-    _int(config, "iterations", 1)
-    _text(config, "policy.model")
-    _choice(config, "policy.mode", LOAD_MODES)
-    _choice(config, "policy.dtype", _DTYPES)
-    _text(config, "policy.device")
-    _text(config, "prompts.source")
-    _text(config, "prompts.split")
-    _text(config, "prompts.column", optional=True)
-    _int(config, "prompts.thirds", 1, optional=True)
-    _int(config, "prompts.n_prompts", 1, optional=True)
-    _choice(config, "generation.backend", ("transformers", "vllm"))
-    g = config["generation"]
-    if not _is_int(g["k"]) or g["k"] < 2:
-        _fail("generation.k", "an integer >= 2 (SPPO compares each sample with the others)", g["k"])
-    _number(config, "generation.temperature", 0)
-    _number(config, "generation.top_p", 0, 1, low_open=True)
-    _int(config, "generation.max_new_tokens", 1)
-    _int(config, "generation.batch_size", 1)
-    _int(config, "generation.max_prompt_tokens", 1, optional=True)
-    _choice(config, "generation.long_prompts", LONG_PROMPT_POLICIES)
-    _int(config, "generation.shard_size", 1)
-    _choice(config, "judge.type", JUDGE_TYPES)
-    _text(config, "judge.model")
-    _choice(config, "judge.mode", ("official", "pairwise"))
-    _int(config, "judge.batch_size", 1)
-    _choice(config, "judge.dtype", _DTYPES)
-    _text(config, "judge.device")
-    _bool(config, "judge.template_prompts")
-    j = config["judge"]
-    if j["type"] == "committee":  # its relevance criterion applies the LM's own chat template to the raw prompt
-        if j["template_prompts"]:
-            raise ValueError("config key judge.template_prompts must be false for the committee judge: it reads the "
-                             "raw prompt (set judge.template_prompts: false)")
-        if j["model"] in ("llm-blender/PairRM", "tiny"):
-            raise ValueError(f"config key judge.model must be a causal LM for the committee judge (its relevance "
-                             f"criterion), e.g. smollm2-135m-instruct, got {j['model']!r}")
-    j = config["judge"]
-    if j["markers"] is not None and (not isinstance(j["markers"], list) or len(j["markers"]) < 2
-                                     or not all(isinstance(m, str) and m for m in j["markers"])):
-        _fail("judge.markers", "null or a list of at least 2 non-empty strings", j["markers"])
-    if j["type"] == "cyclic_style" and not j["markers"]:
-        raise ValueError("judge.type cyclic_style needs judge.markers: one marker string per style")
-    _text(config, "judge.quality_keyword", optional=True)
-    _number(config, "judge.quality_weight", 0, 1)
-    _number(config, "judge.length_scale", 0, low_open=True)
-    _number(config, "judge.words_per_point", 0, low_open=True)
-    _number(config, "judge.sentiment_scale", 0, low_open=True)
-    _int(config, "judge.shard_size", 1)
-    _choice(config, "build.pair_mode", ("best_worst", "all"))
-    _int(config, "build.ref_batch_size", 1)
+    Each key's rule is its schema field's (RunConfig.check); train is then checked against TrainingArguments.
+    """
+    RunConfig.from_dict(config).check()
     _check_train(config)
-    p = config["prompts"]
-    if p["thirds"] is not None and config["iterations"] > p["thirds"]:
-        raise ValueError(f"iterations ({config['iterations']}) exceeds prompts.thirds ({p['thirds']}): "
-                         f"each iteration needs its own part of the prompts")
 
 
 def _check_train(config: dict) -> None:
-    from ..losses import LOSSES
-    from ..trainer import REFERENCES, SPPOConfig
+    from ..trainer import SPPOConfig
 
-    _choice(config, "train.loss_type", LOSSES)
-    _number(config, "train.beta", 0, low_open=True)
-    _number(config, "train.learning_rate", 0, low_open=True)
-    _number(config, "train.warmup_steps", 0)
-    _number(config, "train.num_train_epochs", 0, low_open=True)
-    _int(config, "train.per_device_train_batch_size", 1)
-    _int(config, "train.gradient_accumulation_steps", 1)
-    _int(config, "train.max_length", 2)
-    _int(config, "train.max_prompt_length", 1)
     tr = config["train"]
-    if tr["max_prompt_length"] >= tr["max_length"]:
-        raise ValueError(f"config key train.max_prompt_length must be < train.max_length ({tr['max_length']}), "
-                         f"got {tr['max_prompt_length']}")
-    _bool(config, "train.gradient_checkpointing")
-    _bool(config, "train.bf16", extra=("auto",))
-    _number(config, "train.logging_steps", 0, low_open=True)
-    _number(config, "train.save_steps", 0, low_open=True)
-    _int(config, "train.lora_r", 1)
-    _number(config, "train.lora_alpha", 0, low_open=True)
-    _number(config, "train.lora_dropout", 0, 1, high_open=True)
-    _choice(config, "train.reference", REFERENCES)
-    _text(config, "train.optim")
-    _text(config, "train.lr_scheduler_type")
     fields = {f.name: f for f in dataclasses.fields(SPPOConfig) if f.init}
     for key in tr:
         if key in _TRAIN_SET_BY_LOOP:

@@ -63,6 +63,7 @@ class Run:
             raise ValueError(f"--output-dir {self.output_dir} is a file: give a folder (new or a run's)")
         self.lock = RunLock(self.output_dir)
         self.prompt_cache: dict = {}  # iteration → (prompt ids, texts), read once per process
+        self._sources: dict = {}      # section → its ModelSource, resolved once (model_source)
         if ranks()[0] != 0:  # one voice per launch: rank 0 reports
             self.log = lambda *_: None
 
@@ -80,25 +81,39 @@ class Run:
             raise ValueError(f"iteration {t} needs π_{t} from iteration {t - 1}: run its train stage first")
         return str(prev / "model")
 
+    def model_source(self, section: str):
+        """The ModelSource of policy.model or judge.model (tiny, named, folder, Hub id), resolved once per run."""
+        if section not in self._sources:
+            from ..model_source import resolve_model
+
+            try:
+                self._sources[section] = resolve_model(self.config[section]["model"])
+            except (ValueError, FileNotFoundError) as err:
+                raise type(err)(f"{section}.model: {err}") from None
+        return self._sources[section]
+
+    def check_models(self) -> None:
+        """Resolve the policy and (for a judge that has one) the judge's model now: a bad name fails before any work."""
+        from .stages import judge_has_model
+
+        self.model_source("policy")
+        if judge_has_model(self.config):
+            self.model_source("judge")
+
     def policy_identity(self, t: int) -> str:
         """π_t as fingerprints see it: the base model's identity, or iteration t − 1's verified model hash."""
         if t == 1:
-            return model_identity(self.config["policy"]["model"] if self.config["policy"]["model"] == "tiny"
-                                  else self.base_model("policy"))
+            source = self.model_source("policy")
+            return source.identity(None if source.kind == "tiny" else self.base_model("policy"))
         return self.upstream(t - 1, "train")
 
     def base_model(self, section: str) -> str:
-        """The configured model id or path; "tiny" builds a tiny local model once under base/."""
+        """The configured model's path (ModelSource.path); the tiny one is built once under base/."""
         import json
 
-        name = self.config[section]["model"]
-        if section == "policy":
-            from ..modeling import NAMED_MODELS, named_model_dir
-
-            if name in NAMED_MODELS:  # a real chat model shipped in a PyPI package: converted once, cached
-                return named_model_dir(name)
-        if name != "tiny":
-            return name
+        source = self.model_source(section)
+        if source.kind != "tiny":
+            return source.path()
         target = self.output_dir / "base" / ("tiny-policy" if section == "policy" else "tiny-pairrm")
         if ranks()[0] != 0:  # rank 0 builds it; the others wait for it to be complete and usable
             wait_until(lambda: (target / ".complete").exists() and (
@@ -159,6 +174,7 @@ class Run:
         from .stages import STAGE_SPECS, check_prompts_fit
 
         check_prompt_source(self.config)
+        self.check_models()
         with self.lock:
             if ranks()[0] == 0:
                 for t in range(1, iterations + 1):  # every iteration's prompts parse, and some fit, before any work

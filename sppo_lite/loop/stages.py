@@ -85,7 +85,7 @@ def check_prompts_fit(run, t: int) -> None:
     from ..generation import _chat_ids
 
     _, prompts = _prompts(run, t)
-    if run.config["policy"]["model"] == "tiny":  # its tokenizer alone, without building the model
+    if run.model_source("policy").kind == "tiny":  # its tokenizer alone, without building the model
         from ..modeling import build_tiny_tokenizer
 
         tokenizer = build_tiny_tokenizer()
@@ -317,12 +317,21 @@ def make_judge(cfg: dict, run=None):
     return judges.PairRMJudge(model, mode=j["mode"], device=device, batch_size=j["batch_size"], dtype=j["dtype"])
 
 
+def judge_has_model(config: dict) -> bool:
+    """Whether the configured judge loads judge.model (PairRM, a reward model, the committee's LM)."""
+    return config["judge"]["type"] in _MODEL_JUDGES
+
+
+def _judge_identity(run) -> str:
+    source = run.model_source("judge")
+    return source.identity(None if source.kind == "tiny" else run.base_model("judge"))
+
+
 def fingerprint_judge(run, t: int) -> dict:
     j = run.config["judge"]
     model_based = j["type"] in _MODEL_JUDGES
     return {"judge": _without(j, ("batch_size", "shard_size", "device", "model", "dtype")),
-            "judge_model": model_identity(j["model"] if j["model"] == "tiny" else run.base_model("judge"))
-            if model_based else None,
+            "judge_model": _judge_identity(run) if model_based else None,
             "judge_dtype": _resolved_dtype(j["dtype"], j["device"]) if model_based else None,
             "template": run.policy_identity(t) if j["template_prompts"] else None,
             "responses": run.upstream(t, "generate")}
@@ -427,7 +436,8 @@ def work_build(run, t: int, tmp: Path, partial: Path):
 # ---------------------------------------------------------------- train
 
 # Train settings that do not change the trained model: how often to log and checkpoint, where to report.
-_TRAIN_BOOKKEEPING = ("logging_steps", "save_steps", "report_to", "gradient_checkpointing", "logging_dir",
+_TRAIN_BOOKKEEPING = ("logging_steps", "save_steps", "report_to", "activation_checkpointing", "gradient_checkpointing",
+                      "logging_dir",
                       "run_name", "dataloader_num_workers", "save_total_limit", "disable_tqdm", "logging_first_step",
                       "logging_strategy", "dataloader_pin_memory", "dataloader_persistent_workers")
 
