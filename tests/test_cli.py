@@ -115,3 +115,16 @@ def test_colab_links_follow_the_repository_in_pyproject(tmp_path):
     shutil.copy(nb4, copy)
     copy.write_text(copy.read_text().replace(url, "https://github.com/someone/old-name"))
     assert fill_repository_links(copy) and copy.read_text() == nb4.read_text()
+
+
+def test_keys_lists_every_key_and_shows_a_recipe(capsys):
+    import yaml
+
+    assert cli.main(["keys"]) == 0
+    reference = capsys.readouterr().out
+    assert "| `generation.k` | `5` | an integer >= 2" in reference and "`train.activation_checkpointing`" in reference
+    assert cli.main(["keys", "--config", "cpu-tiny", "--set", "generation.k=3"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["generation"]["k"] == 3 and shown["policy"]["model"] == "tiny"
+    assert cli.main(["keys", "--config", "cpu-tiny", "--set", "generation.k=1"]) == 2
+    assert "generation.k must be an integer >= 2" in capsys.readouterr().err
