@@ -124,6 +124,9 @@ def _evaluate(args) -> int:
         raise ValueError(f"{args.run_dir} has no finished iteration yet: run `sppo-lite iterate` first")
     prompts = er.heldout_prompts(run.config, source=args.prompts, n=args.n_prompts)
     judge = er.make_eval_judge(run, [f"judge.{kv}" for kv in args.judge_set])
+    from sppo_lite.factual import factual_eval, load_factual
+
+    items = None if args.no_factual else load_factual(args.factual)  # a bad file fails before any work
     out = Path(args.run_dir) / "evaluation"
     out.mkdir(exist_ok=True)
     console.attach_log(out)
@@ -139,9 +142,20 @@ def _evaluate(args) -> int:
     summary = {"prompts": len(prompts), "judge": run.config["judge"]["type"],
                "vs_base": {t: er.jsonable(r) for t, r in result["vs_base"].items()},
                "vs_previous": {t: er.jsonable(r) for t, r in result["vs_previous"].items()}}
+    if items is not None:
+        fact = factual_eval(run, out, items=items, max_new_tokens=64, batch_size=g["batch_size"],
+                            n_boot=args.n_boot, seed=args.seed, device=run.config["policy"]["device"], log=_say(False))
+        print(f"independent signal: {len(fact['items'])} factual questions the judge never saw, greedy answers, "
+              f"string match (accuracy, difference vs the base with its paired 95 % CI):")
+        for t in fact["iterations"]:
+            c = fact["vs_base"][t]
+            delta = "" if t == 0 else (f"  {100 * c['difference']:+.1f} [{100 * c['difference_ci'][0]:+.1f}, "
+                                       f"{100 * c['difference_ci'][1]:+.1f}]  McNemar p = {c['mcnemar_p']:.2f}")
+            print(f"  {er.model_label(run, t):<44} {100 * c['accuracy']:5.1f} %{delta}")
+        summary["factual"] = {t: fact["vs_base"][t] for t in fact["iterations"]}
     (out / "evaluation.json").write_text(json.dumps(summary, indent=2))
     print(f"sppo-lite evaluate: {out / 'evaluation.json'}; the training judge also judges here, so a win partly "
-          f"measures how well the policy learnt its taste")
+          f"measures how well the policy learnt its taste (the factual questions do not)")
     return 0
 
 
@@ -308,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override the run's judge, e.g. --judge-set type=length (repeatable)")
     ev.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for the CIs")
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--factual", help="factual questions with known answers (default: the shipped data/factual_qa.jsonl)")
+    ev.add_argument("--no-factual", action="store_true", help="skip the factual-accuracy signal")
     ev.add_argument("-v", "--verbose", action="store_true", help="show every library message")
     ev.set_defaults(func=cmd_evaluate)
     init = add("init", "copy the shipped recipes and prompts into a folder, to edit",

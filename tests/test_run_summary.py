@@ -163,6 +163,14 @@ def test_evaluate_a_finished_run(tmp_path, capsys):
 
     assert not trained & set(heldout_prompts(config, n=8))
     assert cli.main(["evaluate", "--run-dir", str(tmp_path / "nothing")]) == 2
+    # the independent signal: 61 factual questions, the base and iteration 1, accuracy and a paired difference
+    assert set(summary["factual"]) == {"0", "1"} and summary["factual"]["0"]["n"] == 61
+    assert summary["factual"]["0"]["difference"] == 0.0 and "independent signal: 61 factual questions" in text
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "Why?"}\n')
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--run-dir", str(tmp_path / "run"), "--factual", str(bad)]) == 2
+    assert "needs a non-empty \"question\" and a list" in capsys.readouterr().err
 
 
 def test_routing_is_undone_and_nothing_is_dropped(tmp_path, capsys):

@@ -43,7 +43,7 @@ def test_the_wheel_holds_every_module_recipe_and_notebook(wheel):
     modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "sppo_lite").rglob("*.py")}
     assert modules and modules <= names, sorted(modules - names)
     shipped = {f"sppo_lite/share/{p.relative_to(ROOT).as_posix()}" for p in
-               [*(ROOT / "configs").rglob("*.yaml"), ROOT / "data" / "prompts.jsonl",
+               [*(ROOT / "configs").rglob("*.yaml"), ROOT / "data" / "prompts.jsonl", ROOT / "data" / "factual_qa.jsonl",
                 *(ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")]}
     assert len(shipped) >= 10 and shipped <= names, sorted(shipped - names)
     assert not any("fixtures" in n or "__pycache__" in n for n in names)
