@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["PALETTE", "method_of", "style_for", "shades", "simplex_xy", "simplex_axes", "plot_simplex",
-           "plot_exploitability", "plot_with_ci", "gradient_field", "plot_gradient_field", "save_figure"]
+           "plot_exploitability", "plot_with_ci", "gradient_field", "plot_gradient_field", "plot_gradient_fields",
+           "label_simplex_markers", "save_figure"]
 
 # method → colour, used by every notebook's figures.
 PALETTE = {
@@ -163,3 +164,46 @@ def save_figure(fig, output_dir, name: str) -> Path:
     path = out / f"{name}.png"
     fig.savefig(path, dpi=150, bbox_inches="tight")
     return path
+
+
+def plot_gradient_fields(axes, loss_fns: dict, titles: dict, lim: float = 3.0, targets: dict | None = None):
+    """Several pair losses' descent directions side by side, on one colour scale and with one colour bar.
+
+    Like plot_gradient_field for each (name → loss_fn) on its axis, but the colour (the gradient's size |∇L|)
+    uses one logarithmic scale over all panels, so a colour means the same size in every panel. Returns the bar.
+    """
+    from matplotlib.colors import LogNorm
+
+    targets = targets or {}
+    fields = {name: gradient_field(fn, lim) for name, fn in loss_fns.items()}
+    sizes = {name: np.hypot(U, V) for name, (X, Y, U, V) in fields.items()}
+    positive = np.concatenate([s[s > 1e-9] for s in sizes.values()])
+    norm = LogNorm(vmin=positive.min(), vmax=positive.max())
+    q = None
+    for ax, (name, (X, Y, U, V)) in zip(axes, fields.items()):
+        size = np.maximum(sizes[name], norm.vmin)
+        q = ax.quiver(X, Y, U / (sizes[name] + 1e-12), V / (sizes[name] + 1e-12), size, cmap="viridis", norm=norm,
+                      scale=25, width=0.005)
+        ax.axhline(0, color="0.7", lw=0.8)
+        ax.axvline(0, color="0.7", lw=0.8)
+        if targets.get(name) is not None:
+            ax.plot(*targets[name], "*", color="crimson", ms=14, label="target")
+            ax.legend(loc="lower right", fontsize=8)
+        ax.set_xlabel("Δ_chosen = log π_θ(y_w) − log π_t(y_w)")
+        ax.set_ylabel("Δ_rejected")
+        ax.set_title(titles.get(name, name), fontsize=10)
+        ax.set_aspect("equal")
+    return axes[0].figure.colorbar(q, ax=list(axes), shrink=0.8, label="gradient size |∇L| (one scale, all panels)")
+
+
+def label_simplex_markers(ax, start: bool = True, loc: str = "upper right"):
+    """Add the markers plot_simplex draws without a name to the legend: ● start π_0, ■ where a run ends."""
+    from matplotlib.lines import Line2D
+
+    handles, labels = ax.get_legend_handles_labels()
+    if start:
+        handles.append(Line2D([], [], ls="", marker="o", ms=4, color="0.35"))
+        labels.append("start π_0 (each path)")
+    handles.append(Line2D([], [], ls="", marker="s", ms=5, color="0.35"))
+    labels.append("end of the run (each path)")
+    return ax.legend(handles, labels, loc=loc, fontsize=8, frameon=False)
