@@ -202,7 +202,8 @@ def _pipeline(args) -> int:
     if args.command == "iterate":
         force = _stages_to_force(args.force)
         n = loop.check_iterations(config, args.iterations)
-        run = loop.run_all(config, args.output_dir, force=force, iterations=n, log=_say(args.quiet))
+        run = loop.run_all(config, args.output_dir, force=force, iterations=n, log=_say(args.quiet),
+                           reuse_from=args.reuse_from)
         rows = loop.summary_rows(run, n)
         say = _say(False)
         say("\n" + loop.summary_table(rows))
@@ -359,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
         loud.add_argument("-q", "--quiet", action="store_true", help="errors, warnings and the final table only")
         if name == "iterate":
             sp.add_argument("--iterations", type=int, help="run only iterations 1..N")
+            sp.add_argument("--reuse-from", metavar="RUN_DIR",
+                            help="copy in the stages another run finished with this run's very fingerprint (e.g. "
+                                 "iteration 1's samples and judgements for an arm that differs only in its loss)")
             sp.add_argument("--force", nargs="*", choices=(*STAGE_NAMES, "all"), metavar="STAGE",
                             help="redo these stages (or all) of every iteration even if finished")
         else:

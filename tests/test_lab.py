@@ -82,12 +82,17 @@ def test_notebook_03_smoke(tmp_path):
 @pytest.mark.notebook
 @pytest.mark.slow
 def test_notebook_03_full_at_another_seed(tmp_path):
-    """The full setting at a seed other than the committed run's (0): every claim() of the notebook holds (~2 min)."""
+    """The full setting at a seed other than the committed run's (0): every claim() of the notebook holds (~5 min).
+
+    The baselines' grid is cut to its middle β (three learning rates each, so "the best learning rate lies inside
+    the grid" is still a claim that can fail) to keep CI short; benchmarks/notebook_seeds.py runs the whole 3 × 3
+    grid at seeds 0, 1, 2 (BENCHMARKS.md)."""
     from sppo_lite.notebooks import notebook_paths, run_notebook
 
     path = next(p for p in notebook_paths() if p.name.startswith("03_"))
-    s = run_notebook(path, tmp_path, smoke=False, parameters={"SEED": 1})
+    s = run_notebook(path, tmp_path, smoke=False, parameters={"SEED": 1, "SWEEP_BETAS": [0.5]})
     assert s["smoke"] is False and s["iterations"] == 20 and len(s["sppo_mixes"]) == 21
+    assert [len(rows) for rows in s["sweep"].values()] == [3, 3]
 
 
 def test_broken_answers_count_in_exploitability():

@@ -243,3 +243,32 @@ def test_lora_training_is_reproducible(tmp_path, repo_cwd):
     b = loop.run_all(config, tmp_path / "b", log=lambda *_: None)
     wa, wb = _weights(a.stage_dir(1, "train") / "model"), _weights(b.stage_dir(1, "train") / "model")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_an_arm_reuses_the_stages_another_run_finished_with_its_fingerprint(tmp_path):
+    """SPPO and a DPO arm from the same start: iteration 1's samples and judgements are copied, not made again;
+    the build and train stages (pairs with the DPO loss) are the arm's own."""
+    from shared import tiny_config
+
+    sppo = tiny_config(tmp_path, **{"train.num_train_epochs": 1})
+    dpo = loop.apply_overrides(sppo, ["train.loss_type=dpo", "train.beta=0.1"])
+    lines = []
+    a = loop.run_all(sppo, tmp_path / "sppo", log=lambda *m: None)
+    b = loop.run_all(dpo, tmp_path / "dpo", log=lambda *m: lines.append(" ".join(map(str, m))), reuse_from=tmp_path / "sppo")
+    reused = [line.split(":")[0] for line in lines if "reused from" in line]
+    assert reused == ["iter1/generate", "iter1/judge", "iter1/build"]  # build depends only on samples and judge here
+    for stage in ("generate", "judge"):
+        mine, theirs = loop.read_manifest(b.stage_dir(1, stage)), loop.read_manifest(a.stage_dir(1, stage))
+        assert mine == theirs
+    assert loop.read_manifest(b.stage_dir(1, "train"))["config_hash"] != loop.read_manifest(a.stage_dir(1, "train"))["config_hash"]
+    # a rerun of the arm is a plain resume: nothing copied again, nothing redone
+    again = []
+    loop.run_all(dpo, tmp_path / "dpo", log=lambda *m: again.append(" ".join(map(str, m))), reuse_from=tmp_path / "sppo")
+    assert all("done already" in line for line in again if line.startswith("iter"))
+    # another config reuses nothing
+    other = []
+    loop.run_all(loop.apply_overrides(dpo, ["seed=4"]), tmp_path / "seed4", log=lambda *m: other.append(" ".join(map(str, m))),
+                 reuse_from=tmp_path / "sppo")
+    assert not any("reused from" in line for line in other)
+    with pytest.raises(ValueError, match="--reuse-from .* is not a folder"):
+        loop.run_all(dpo, tmp_path / "x", reuse_from=tmp_path / "missing")

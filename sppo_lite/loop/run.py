@@ -56,6 +56,7 @@ class Run:
     config: dict
     output_dir: Path
     log: Callable = print
+    reuse_from: Path | None = None  # another run's folder: its finished stages with our fingerprint are copied
 
     def __post_init__(self):
         self.output_dir = Path(self.output_dir)
@@ -231,6 +232,11 @@ class Run:
         if spec.check is not None:
             spec.check(self, t)
         rank, world = ranks()
+        reused = self._reusable(t, stage, config_hash) if not force else None
+        if reused is not None:
+            if rank != 0:
+                return self._wait_for_manifest(final, config_hash)
+            return self._copy_stage(reused, final, name)
         partial, tmp = final.with_name(stage + ".partial"), final.with_name(stage + ".tmp")
         stamp, ready = partial / "config_hash", f"{config_hash} {_launch_token()}"
         if rank == 0:
@@ -261,6 +267,36 @@ class Run:
         shutil.rmtree(partial, ignore_errors=True)
         self.log(f"{name}: {summary} in {manifest['elapsed_s']:.1f} s")
         return manifest
+
+    def _reusable(self, t: int, stage: str, config_hash: str) -> Path | None:
+        """reuse_from's iter{t}/{stage} when it is finished with this very fingerprint (same config and inputs)."""
+        if self.reuse_from is None:
+            return None
+        other = Path(self.reuse_from) / f"iter{t}" / stage
+        done = read_manifest(other)
+        if done is None or done["config_hash"] != config_hash:
+            return None
+        if content_hash(other / done["artifact"]) != done["artifact_hash"]:
+            return None  # changed since it was made: make ours instead
+        return other
+
+    def _copy_stage(self, other: Path, final: Path, name: str) -> dict:
+        """Another run's finished stage copied in (hard links where the filesystem allows), published atomically."""
+        import os
+
+        def link_or_copy(src, dst):
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
+
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(other, tmp, copy_function=link_or_copy)
+        publish(tmp, final)
+        done = read_manifest(final)
+        self.log(f"{name}: reused from {other.parent.parent} (same fingerprint: {done['summary']})")
+        return done
 
     @staticmethod
     def _wait_for_manifest(final: Path, config_hash: str) -> dict:
@@ -324,17 +360,21 @@ def run_iteration(run: Run, t: int, force=(), stages=STAGES) -> dict:
     return {s: run.run_stage(t, s, force=s in force) for s in stages}
 
 
-def run_all(config: dict, output_dir, force=(), iterations=None, log=print) -> Run:
+def run_all(config: dict, output_dir, force=(), iterations=None, log=print, reuse_from=None) -> Run:
     """Iterations 1..T, each generate → judge → build → train; resumable at any point.
 
     One run per output folder at a time (the lock); every finished stage's fingerprint is checked
-    before any work, and config.json is written only once the config is accepted.
+    before any work, and config.json is written only once the config is accepted. With reuse_from (another
+    run's folder), a stage that run finished with this run's very fingerprint is copied instead of made again:
+    arms that differ only in their loss share iteration 1's samples and judgements.
     """
     from .config import check_iterations
 
     n = check_iterations(config, iterations)
     quiet_datasets()
-    run = Run(config, output_dir, log)
+    if reuse_from is not None and not Path(reuse_from).is_dir():
+        raise ValueError(f"--reuse-from {reuse_from} is not a folder: give another run's --output-dir")
+    run = Run(config, output_dir, log, reuse_from=Path(reuse_from) if reuse_from is not None else None)
     new = not run.output_dir.exists()
     run.output_dir.mkdir(parents=True, exist_ok=True)
     with run.lock:
