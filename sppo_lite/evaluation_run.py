@@ -13,9 +13,11 @@
     achieved_vs_target    per trained response: achieved log-ratio log π_{t+1} − log π_t vs its SPPO target
     model_label           a row's name after the model that ran ("SPPO iter 2 (SmolLM2-135M-Instruct)")
     paper_table_text      the paper's AlpacaEval 2.0 table, on its own (never beside our rows)
+    pi_name, in_notebook_notation   the notebooks' names of the models: π₀ the base, π_t after iteration t
 
 The model of "iteration t" is π_{t+1}, what iteration t's train stage produced; iteration 0 is the
-base model π_1. Responses are sampled with per-(seed, prompt, sample) generators, so every model
+base model π_1. (Notebooks 01–05 call the base π₀ and iteration t's model π_t: `pi_name` and
+`in_notebook_notation` turn the loop's names into theirs.) Responses are sampled with per-(seed, prompt, sample) generators, so every model
 answers a prompt with the same random numbers (common random numbers: less noise between models),
 sample 0 of a best-of-n draw is the single-sample response, and a rerun reproduces the same texts.
 
@@ -39,7 +41,7 @@ __all__ = [
     "load_run", "finished_iterations", "iteration_models", "stage_table", "train_histories",
     "win_prob_stats", "heldout_prompts", "generate_for_models", "evaluate_iterations",
     "best_of_n_eval", "make_eval_judge", "paper_label", "model_name", "model_label", "paper_table_text",
-    "results_text", "achieved_vs_target", "jsonable",
+    "results_text", "achieved_vs_target", "jsonable", "pi_name", "in_notebook_notation",
 ]
 
 
@@ -368,3 +370,23 @@ def jsonable(result: Mapping) -> dict:
     return {k: (list(map(float, result[k])) if isinstance(result[k], (tuple, list)) else
                 result[k] if isinstance(result[k], int) else float(result[k]))
             for k in _HEADLINE if k in result}
+
+
+# ---------------------------------------------------------------- the notebooks' names of the models
+
+_SUBSCRIPT_ZERO = "π₀"
+
+
+def pi_name(t: int) -> str:
+    """The notebooks' name of the model after t SPPO iterations: "π₀" for the base (t = 0), "π_t" after iteration t."""
+    if t < 0:
+        raise ValueError(f"no model before the base: t = {t}")
+    return _SUBSCRIPT_ZERO if t == 0 else f"π_{t}"
+
+
+def in_notebook_notation(text: str) -> str:
+    """A line of the loop (which calls the base π_1 and iteration t's model π_{t+1}) in the notebooks' numbering:
+    "iter1/train: π_2 trained" → "iter1/train: π_1 trained", "π_2 = π_1" → "π_1 = π₀". Other text is unchanged."""
+    import re
+
+    return re.sub(r"π_(\d+)", lambda m: pi_name(int(m.group(1)) - 1), str(text))

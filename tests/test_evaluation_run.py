@@ -294,3 +294,16 @@ def test_cli_reproduce(tmp_path, monkeypatch, capsys):
     assert cli.main(["reproduce", "--output-dir", str(tmp_path), "--config", "missing.yaml", "--gpus", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert "does not exist" in err and len(err.splitlines()) == 1
+
+
+def test_notebook_notation_names_the_base_pi_zero():
+    # The loop calls the base π_1 and iteration t's model π_{t+1}; the notebooks call them π₀ and π_t.
+    assert evaluation_run.pi_name(0) == "π₀" and evaluation_run.pi_name(3) == "π_3"
+    with pytest.raises(ValueError):
+        evaluation_run.pi_name(-1)
+    line = "iter1/train: π_2 trained (sppo, β=0.025, lora), loss 64.92 in 168.0 s"
+    assert evaluation_run.in_notebook_notation(line) == "iter1/train: π_1 trained (sppo, β=0.025, lora), loss 64.92 in 168.0 s"
+    assert evaluation_run.in_notebook_notation("no training rows: π_2 = π_1 (every pair tied)") == \
+        "no training rows: π_1 = π₀ (every pair tied)"
+    assert evaluation_run.in_notebook_notation("iter12/train: π_13 trained") == "iter12/train: π_12 trained"
+    assert evaluation_run.in_notebook_notation("32 prompts × 4 responses") == "32 prompts × 4 responses"

@@ -95,11 +95,11 @@ def test_04_sppo_on_smollm2(smoke_04):
         assert train["target_chosen"] > 0 > train["target_rejected"]  # (P̂ − ½)/β: best above ½, worst below
         assert wp["chosen_mean"] > 0.5 > wp["rejected_mean"] and 0.5 < wp["pair_mean"] <= 1 and 1 <= wp["pairs"] <= 6
         assert fit["responses"] == 2 * wp["pairs"] and fit["slope"] > 0 and fit["correlation"] > 0
-    assert set(s["samples_per_iteration"]) == {"pi_1", "pi_2"}
+    assert set(s["samples_per_iteration"]) == {"pi_0", "pi_1"}  # the samples of π₀ (iteration 1) and π_1 (iteration 2)
     nb_out = out / "04_qlora_sppo_mistral7b"
     for name in ("stage_costs", "training_curves", "win_probs", "achieved_vs_target"):
         assert (nb_out / f"{name}.png").exists()
-    assert (nb_out / "run" / "iter2" / "train" / "model" / "config.json").exists()  # π_3, merged
+    assert (nb_out / "run" / "iter2" / "train" / "model" / "config.json").exists()  # π_2, merged
 
 
 def test_05_evaluation(smoke_04):
