@@ -2,6 +2,7 @@
 
     python benchmarks/notebook_seeds.py 03 --seeds 0 1 2 --output-dir outputs/seeds            # full setting
     python benchmarks/notebook_seeds.py 02 --seeds 0 --smoke --output-dir outputs/seeds
+    python benchmarks/notebook_seeds.py 03 --seeds 1 2 --set 'OUTPUT_DIR="runs/lab/seed{seed}"'   # reuse arms there
 
 Each run is the notebook through papermill (sppo_lite.notebooks.run_notebook) with SEED set and
 SPPO_LITE_CLAIMS=report, so a claim the run does not show prints `✗ ...` and the run goes on. Prints one
@@ -43,12 +44,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     (path,) = [p for p in notebook_paths() if args.notebook in p.name]
     extra = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    reuse = extra.pop("OUTPUT_DIR", None)  # e.g. --set OUTPUT_DIR='"runs/lab/seed{seed}"': reuse finished arms
     os.environ["SPPO_LITE_CLAIMS"] = "report"
     results, seconds = {}, {}
     for seed in args.seeds:
         t0 = time.time()
         out = Path(args.output_dir) / f"seed{seed}"
-        run_notebook(path, out, smoke=args.smoke, parameters={"SEED": seed, **extra})
+        where = {"OUTPUT_DIR": reuse.format(seed=seed)} if reuse else {}
+        run_notebook(path, out, smoke=args.smoke, parameters={"SEED": seed, **extra, **where})
         seconds[seed] = time.time() - t0
         results[seed] = claim_lines(out / path.stem / path.name)
     statements = list(dict.fromkeys(line[2:] for lines in results.values() for line in lines))

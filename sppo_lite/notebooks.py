@@ -66,7 +66,8 @@ def _inline_figures():
 def run_notebook(path, output_dir, smoke: bool = True, parameters: dict | None = None) -> dict:
     """Execute a notebook into output_dir/<name>/ (the executed copy, figures, summary.json).
 
-    Returns the notebook's summary.json. The notebook runs with its own folder as working directory.
+    Returns the notebook's summary.json. The notebook runs with its own folder as working directory. An OUTPUT_DIR
+    among `parameters` moves the notebook's own outputs (summary.json included) there, e.g. to reuse finished runs.
     """
     import papermill as pm
 
@@ -77,9 +78,11 @@ def run_notebook(path, output_dir, smoke: bool = True, parameters: dict | None =
     with _inline_figures():
         pm.execute_notebook(str(path), str(out / path.name), parameters=params, kernel_name="python3",
                             cwd=str(path.parent), progress_bar=False)
-    summary = out / "summary.json"
+    summary = Path(params["OUTPUT_DIR"]) / "summary.json"
+    if not summary.is_absolute():
+        summary = path.parent / summary
     if not summary.exists():
-        raise RuntimeError(f"{path.name} ran but wrote no summary.json into {out}")
+        raise RuntimeError(f"{path.name} ran but wrote no summary.json into {summary.parent}")
     return json.loads(summary.read_text())
 
 
