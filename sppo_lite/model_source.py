@@ -78,9 +78,11 @@ def resolve_model(name) -> ModelSource:
                                     f"not installed: {spec['install']}")
         return ModelSource(name, "named", display_name(name))
     if os.path.isdir(name):
-        if not any((Path(name) / f).is_file() for f in ("config.json", "adapter_config.json")):
-            raise FileNotFoundError(f"{name} is a folder but holds no model (no config.json): give a folder saved "
-                                    f"with save_pretrained")
+        folder = Path(name)
+        if not any((folder / f).is_file() for f in ("config.json", "adapter_config.json")) and not any(
+                any(folder.glob(pattern)) for pattern in ("*.safetensors", "*.bin")):
+            raise FileNotFoundError(f"{name} is a folder but holds no model (no config.json, no weights): give a "
+                                    f"folder saved with save_pretrained")
         return ModelSource(name, "folder", display_name(name))
     try:
         huggingface_hub.utils.validate_repo_id(name)

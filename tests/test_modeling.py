@@ -135,9 +135,10 @@ def test_qlora_loads_nf4_on_cpu_and_trains_adapters(qlora_policy):
 
 def test_missing_local_path_offline_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    for missing in [str(tmp_path / "no-such-model"), "someone/not-cached-model"]:
-        with pytest.raises(FileNotFoundError, match="not in the local Hugging Face cache.*offline mode is on"):
-            load_policy(missing)
+    with pytest.raises(FileNotFoundError, match="not in the local Hugging Face cache.*offline mode is on"):
+        load_policy("someone/not-cached-model")
+    with pytest.raises(FileNotFoundError, match="neither a model folder .no such folder. nor a Hub model id"):
+        load_policy(str(tmp_path / "no-such-model"))  # a path is not taken for a Hub id
 
 
 def test_tokenizer_without_chat_template_is_rejected(tmp_path):
