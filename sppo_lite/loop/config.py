@@ -21,7 +21,6 @@ from pathlib import Path
 import yaml
 
 from ..resources import PROJECT_ROOT, recipe_path
-from .schema import DTYPES as _DTYPES
 from .schema import JUDGE_TYPES, RunConfig, did_you_mean
 
 __all__ = ["DEFAULT_CONFIG", "JUDGE_TYPES", "RunConfig", "load_config", "load_run_config", "apply_overrides", "read_yaml_mapping", "check_config",

@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-from .artifacts import (RunLock, content_hash, hash_obj, model_identity, publish, ranks, read_manifest,
+from .artifacts import (RunLock, content_hash, hash_obj, publish, ranks, read_manifest,
                         wait_until, write_json_atomic, write_text_atomic)
 
 __all__ = ["STAGES", "ARTIFACTS", "StageChanged", "Run", "run_iteration", "run_all", "quiet_datasets", "summary_rows",

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .artifacts import hash_obj, model_identity, ranks, read_manifest, wait_until, write_json_atomic
+from .artifacts import hash_obj, ranks, read_manifest, wait_until, write_json_atomic
 
 __all__ = ["STAGE_SPECS", "STAGE_FUNCTIONS", "check_prompts_fit", "check_responses", "check_judgements", "generate_stage", "judge_stage", "build_stage", "train_stage",
            "iteration_prompts", "make_judge", "run_shards", "device_for"]
