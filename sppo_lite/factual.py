@@ -79,16 +79,16 @@ def compare_accuracy(model_correct, baseline_correct, n_boot: int = 2000, seed: 
     bootstrap 95 % CI, and the exact McNemar p-value (a binomial test on the discordant questions, scipy)."""
     from scipy.stats import binomtest
 
+    from .evaluate import bootstrap_ci
+
     a, b = np.asarray(model_correct, dtype=float), np.asarray(baseline_correct, dtype=float)
     if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
         raise ValueError("compare_accuracy needs two equal-length, non-empty 0/1 arrays (same questions)")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(a), size=(n_boot, len(a)))
-    diffs = (a[idx] - b[idx]).mean(axis=1)
+    _, low, high = bootstrap_ci(lambda x, y: float(np.mean(x - y)), a, b, n_boot=n_boot, seed=seed)  # paired
     only_a, only_b = int(np.sum((a == 1) & (b == 0))), int(np.sum((a == 0) & (b == 1)))
     p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
     return {"accuracy": float(a.mean()), "baseline_accuracy": float(b.mean()), "difference": float(a.mean() - b.mean()),
-            "difference_ci": [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))],
+            "difference_ci": [low, high],
             "only_model": only_a, "only_baseline": only_b, "mcnemar_p": float(p), "n": len(a)}
 
 

@@ -135,14 +135,17 @@ def gradient_field(loss_fn, lim: float = 3.0, n: int = 15):
     return dc.detach().numpy(), dr.detach().numpy(), -dc.grad.numpy(), -dr.grad.numpy()
 
 
-def plot_gradient_field(ax, loss_fn, title: str, lim: float = 3.0, target=None, colorbar: bool = True):
+def plot_gradient_field(ax, loss_fn, title: str, lim: float = 3.0, target=None, colorbar: bool = True, norm=None,
+                        field=None):
     """Quiver of the descent direction of a pair loss in the (Δ_chosen, Δ_rejected) plane.
 
     Arrows have equal length (direction only); their colour is the gradient's size, read on the colour bar.
+    norm: a matplotlib colour norm shared with other panels (plot_gradient_fields); field: gradient_field's result.
     """
-    X, Y, U, V = gradient_field(loss_fn, lim)
-    norm = np.hypot(U, V) + 1e-12
-    q = ax.quiver(X, Y, U / norm, V / norm, norm, cmap="viridis", scale=25, width=0.005)
+    X, Y, U, V = gradient_field(loss_fn, lim) if field is None else field
+    size = np.hypot(U, V) + 1e-12
+    shown = size if norm is None else np.maximum(size, norm.vmin)
+    q = ax.quiver(X, Y, U / size, V / size, shown, cmap="viridis", norm=norm, scale=25, width=0.005)
     if colorbar:
         ax.figure.colorbar(q, ax=ax, shrink=0.8, label="gradient size |∇L|")
     ax.axhline(0, color="0.7", lw=0.8)
@@ -167,33 +170,20 @@ def save_figure(fig, output_dir, name: str) -> Path:
 
 
 def plot_gradient_fields(axes, loss_fns: dict, titles: dict, lim: float = 3.0, targets: dict | None = None):
-    """Several pair losses' descent directions side by side, on one colour scale and with one colour bar.
-
-    Like plot_gradient_field for each (name → loss_fn) on its axis, but the colour (the gradient's size |∇L|)
-    uses one logarithmic scale over all panels, so a colour means the same size in every panel. Returns the bar.
-    """
+    """Several pair losses' plot_gradient_field side by side on one logarithmic colour scale, with one colour bar,
+    so a colour means the same gradient size in every panel. Returns the bar."""
+    from matplotlib.cm import ScalarMappable
     from matplotlib.colors import LogNorm
 
     targets = targets or {}
     fields = {name: gradient_field(fn, lim) for name, fn in loss_fns.items()}
-    sizes = {name: np.hypot(U, V) for name, (X, Y, U, V) in fields.items()}
-    positive = np.concatenate([s[s > 1e-9] for s in sizes.values()])
-    norm = LogNorm(vmin=positive.min(), vmax=positive.max())
-    q = None
-    for ax, (name, (X, Y, U, V)) in zip(axes, fields.items()):
-        size = np.maximum(sizes[name], norm.vmin)
-        q = ax.quiver(X, Y, U / (sizes[name] + 1e-12), V / (sizes[name] + 1e-12), size, cmap="viridis", norm=norm,
-                      scale=25, width=0.005)
-        ax.axhline(0, color="0.7", lw=0.8)
-        ax.axvline(0, color="0.7", lw=0.8)
-        if targets.get(name) is not None:
-            ax.plot(*targets[name], "*", color="crimson", ms=14, label="target")
-            ax.legend(loc="lower right", fontsize=8)
-        ax.set_xlabel("Δ_chosen = log π_θ(y_w) − log π_t(y_w)")
-        ax.set_ylabel("Δ_rejected")
-        ax.set_title(titles.get(name, name), fontsize=10)
-        ax.set_aspect("equal")
-    return axes[0].figure.colorbar(q, ax=list(axes), shrink=0.8, label="gradient size |∇L| (one scale, all panels)")
+    sizes = np.concatenate([np.hypot(U, V).ravel() for _, _, U, V in fields.values()])
+    norm = LogNorm(vmin=sizes[sizes > 1e-9].min(), vmax=sizes.max())
+    for ax, (name, fn) in zip(axes, loss_fns.items()):
+        plot_gradient_field(ax, fn, titles.get(name, name), lim, targets.get(name), colorbar=False, norm=norm,
+                            field=fields[name])
+    return axes[0].figure.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=list(axes), shrink=0.8,
+                                   label="gradient size |∇L| (one scale, all panels)")
 
 
 def label_simplex_markers(ax, start: bool = True, loc: str = "upper right"):

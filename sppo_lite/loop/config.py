@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from ..resources import PROJECT_ROOT, recipe_path
-from .schema import JUDGE_TYPES, RunConfig, did_you_mean
+from .schema import JUDGE_TYPES, RunConfig, _is_int, did_you_mean
 
 __all__ = ["DEFAULT_CONFIG", "JUDGE_TYPES", "RunConfig", "load_config", "load_run_config", "apply_overrides", "read_yaml_mapping", "check_config",
            "check_iterations", "check_prompt_source"]
@@ -192,10 +192,6 @@ def check_prompt_source(config: dict) -> None:
 
 
 # ---------------------------------------------------------------- checking
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
 
 def check_config(config: dict) -> None:
     """Raise one ValueError naming the first key whose value has the wrong type or range.
