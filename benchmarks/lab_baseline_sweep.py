@@ -48,7 +48,8 @@ def main(argv=None) -> int:
         rows = {"sppo": lab.sweep_arms("sppo", [0.15], [3e-3], out, policy, prompts_file, log_file=log, **common)}
         for method in ("dpo", "ipo"):
             rows[method] = lab.sweep_arms(method, BETAS, LRS, out, policy, prompts_file, log_file=log, **common)
-        results["seeds"][seed] = {m: [{k: v for k, v in r.items() if k != "run"} for r in rs] for m, rs in rows.items()}
+        results["seeds"][seed] = {m: [{k: v for k, v in r.items() if k not in ("run", "curves")} for r in rs]
+                                  for m, rs in rows.items()}
         results["seeds"][seed]["wall_s"] = round(time.time() - t0, 1)
         print(f"seed {seed} ({time.time() - t0:.0f} s, load average {os.getloadavg()[0]:.1f})")
         for method, rs in rows.items():

@@ -351,7 +351,7 @@ def sweep_arms(method: str, betas, learning_rates, output_dir, policy_path, prom
 
     A row: {"beta", "learning_rate", "average" (the average iterate's final exploitability, the score),
     "last" (the last iterate's), "rows_last" (training rows of the last iteration: 0 means every pair tied),
-    "steps" (optimizer steps that ran), "seconds"}. `config` goes to lab_config (iterations, n_prompts, k,
+    "steps" (optimizer steps that ran), "seconds", "run", "curves" (arm_exploitability's)}. `config` goes to lab_config (iterations, n_prompts, k,
     epochs, quality_weight, seed): every arm sees the same prompts and, at iteration 1, the same samples.
     Finished arms are read back, not rerun (the loop's stages are resumable).
     """
@@ -370,5 +370,5 @@ def sweep_arms(method: str, betas, learning_rates, output_dir, policy_path, prom
         counts = train_counts(run, T)
         out.append({"beta": beta, "learning_rate": lr, "average": float(curves["average"][-1]),
                     "last": float(curves["last"][-1]), "rows_last": counts["rows"][-1],
-                    "steps": int(sum(counts["steps"])), "seconds": counts["seconds"], "run": run})
+                    "steps": int(sum(counts["steps"])), "seconds": counts["seconds"], "run": run, "curves": curves})
     return sorted(out, key=lambda r: r["average"])
