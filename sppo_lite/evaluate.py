@@ -28,7 +28,7 @@ from scipy.special import expit
 from scipy.stats import bootstrap
 
 __all__ = [
-    "PAPER_ALPACAEVAL", "LengthControlledFit",
+    "PAPER_ALPACAEVAL", "PAPER_ALPACAEVAL_BASELINES", "PAPER_AVG_LENGTH", "LengthControlledFit",
     "win_rate", "length_controlled_win_rate", "bootstrap_ci", "evaluate_against", "best_of_n",
     "results_table", "length_drift",
 ]
@@ -40,6 +40,23 @@ PAPER_ALPACAEVAL = {
     "SPPO Iter2": {"lc_win_rate": 26.89, "win_rate": 27.62},
     "SPPO Iter3": {"lc_win_rate": 28.53, "win_rate": 31.02},
     "SPPO Iter3 (best-of-16)": {"lc_win_rate": 32.13, "win_rate": 34.94},
+}
+# The same table's baselines (Table 1 of arXiv 2405.00675v5): Snorkel's iterative DPO with PairRM, and the paper's
+# own iterative DPO and IPO from the same base, prompts and PairRM, best vs worst of K, reference refreshed.
+PAPER_ALPACAEVAL_BASELINES = {
+    "Snorkel (Mistral-PairRM-DPO)": {"lc_win_rate": 26.39, "win_rate": 30.22},
+    "DPO Iter1": {"lc_win_rate": 23.81, "win_rate": 20.44},
+    "DPO Iter2": {"lc_win_rate": 24.23, "win_rate": 24.46},
+    "DPO Iter3": {"lc_win_rate": 22.30, "win_rate": 23.39},
+    "IPO Iter1": {"lc_win_rate": 23.78, "win_rate": 20.77},
+    "IPO Iter2": {"lc_win_rate": 21.08, "win_rate": 23.38},
+    "IPO Iter3": {"lc_win_rate": 20.06, "win_rate": 22.47},
+}
+# Average answer length in characters of every row above (the same table).
+PAPER_AVG_LENGTH = {
+    "Mistral-7B-Instruct-v0.2": 1676, "SPPO Iter1": 1855, "SPPO Iter2": 2019, "SPPO Iter3": 2163,
+    "SPPO Iter3 (best-of-16)": 2174, "Snorkel (Mistral-PairRM-DPO)": 2736, "DPO Iter1": 1723, "DPO Iter2": 2028,
+    "DPO Iter3": 2189, "IPO Iter1": 1693, "IPO Iter2": 2660, "IPO Iter3": 2760,
 }
 
 

@@ -8,11 +8,13 @@
     win_prob_stats        the judge's win rates of the trained pairs, per iteration (build stage)
     heldout_prompts       evaluation prompts that no iteration trained on
     generate_for_models   n seeded responses per prompt from each model, cached as parquet (resumable)
+    generate_datasets_for_models   the same, each model's whole Dataset (with `finished`: not cut at the cap)
     evaluate_iterations   every model vs the base and vs the previous iteration: WR, LC WR, bootstrap CIs
     best_of_n_eval        best of n samples by the judge (evaluate.best_of_n) vs the base model
     achieved_vs_target    per trained response: achieved log-ratio log π_{t+1} − log π_t vs its SPPO target
     model_label           a row's name after the model that ran ("SPPO iter 2 (SmolLM2-135M-Instruct)")
     paper_table_text      the paper's AlpacaEval 2.0 table, on its own (never beside our rows)
+    paper_comparison_text the same table with its iterative DPO / IPO and Snorkel rows, WR − LC and lengths
     pi_name, in_notebook_notation   the notebooks' names of the models: π₀ the base, π_t after iteration t
 
 The model of "iteration t" is π_{t+1}, what iteration t's train stage produced; iteration 0 is the
@@ -39,9 +41,9 @@ from . import evaluate, loop
 
 __all__ = [
     "load_run", "finished_iterations", "iteration_models", "stage_table", "train_histories",
-    "win_prob_stats", "heldout_prompts", "generate_for_models", "evaluate_iterations",
+    "win_prob_stats", "heldout_prompts", "generate_for_models", "generate_datasets_for_models", "evaluate_iterations",
     "best_of_n_eval", "make_eval_judge", "paper_label", "model_name", "model_label", "paper_table_text",
-    "results_text", "achieved_vs_target", "jsonable", "pi_name", "in_notebook_notation",
+    "results_text", "paper_comparison_text", "achieved_vs_target", "jsonable", "pi_name", "in_notebook_notation",
 ]
 
 
@@ -153,6 +155,21 @@ def paper_table_text() -> str:
     return "\n".join(f"{a:<{widths[0]}}  {b:>{widths[1]}}  {c:>{widths[2]}}" for a, b, c in rows)
 
 
+def paper_comparison_text() -> str:
+    """The paper's Table 1 with its baselines: base, Snorkel, iterative DPO, IPO and SPPO, each row's LC WR, WR,
+    WR − LC (positive: part of the raw win is length) and average length in characters; GPT-4-Turbo judge and baseline."""
+    table = {**evaluate.PAPER_ALPACAEVAL, **evaluate.PAPER_ALPACAEVAL_BASELINES}
+    order = ["Mistral-7B-Instruct-v0.2", "Snorkel (Mistral-PairRM-DPO)", *(f"{m} Iter{t}" for m in ("DPO", "IPO", "SPPO")
+                                                                         for t in (1, 2, 3))]
+    rows = [("model (paper, Mistral-7B)", "LC WR %", "WR %", "WR − LC", "avg chars")]
+    rows += [(name, f"{table[name]['lc_win_rate']:.2f}", f"{table[name]['win_rate']:.2f}",
+              f"{table[name]['win_rate'] - table[name]['lc_win_rate']:+.2f}", str(evaluate.PAPER_AVG_LENGTH[name]))
+             for name in order]
+    widths = [max(len(row[k]) for row in rows) for k in range(5)]
+    return "\n".join("  ".join(c.ljust(w) if k == 0 else c.rjust(w) for k, (c, w) in enumerate(zip(row, widths)))
+                     for row in rows)
+
+
 def results_text(rows: Mapping[str, Mapping]) -> str:
     """Our rows (label → evaluate_against result) as text: WR and LC WR with their 95 % CIs, mean words."""
     def cell(r, key):
@@ -245,7 +262,20 @@ def generate_for_models(run: loop.Run, prompts: Sequence[str], out_dir, iteratio
     and read back on a rerun; the hash covers the model, the prompts and the sampling settings.
     Prompts that do not fit max_prompt_tokens are truncated, so every model answers every prompt.
     """
+    data = generate_datasets_for_models(run, prompts, out_dir, iterations, n=n, temperature=temperature, top_p=top_p,
+                                        max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+                                        max_prompt_tokens=max_prompt_tokens, device=device, log=log)
+    return {t: [list(r) for r in ds["responses"]] for t, ds in data.items()}
+
+
+def generate_datasets_for_models(run: loop.Run, prompts: Sequence[str], out_dir, iterations: Sequence[int] | None = None,
+                                 n: int = 1, temperature: float = 0.7, top_p: float = 0.9, max_new_tokens: int = 512,
+                                 batch_size: int = 8, seed: int = 0, max_prompt_tokens: int | None = None,
+                                 device: str = "auto", log: Callable = print) -> dict:
+    """generate_for_models, each model's whole Dataset: prompt, responses, finished (False: cut at max_new_tokens)."""
     import torch
+
+    from datasets import Dataset
 
     from .generation import generate_responses, save_parquet
     from .modeling import load_policy
@@ -266,8 +296,6 @@ def generate_for_models(run: loop.Run, prompts: Sequence[str], out_dir, iteratio
         key = _digest({"model": _model_fingerprint(run, t, models[t]), "prompts": prompts, **settings})
         path = Path(out_dir) / "responses" / f"iter{t}-n{n}-{key}.parquet"
         if path.is_file():
-            from datasets import Dataset
-
             ds = Dataset.from_parquet(str(path))
             log(f"{model_label(run, t)}: {len(ds)} × {n} responses read back from the cache")
         else:
@@ -280,7 +308,7 @@ def generate_for_models(run: loop.Run, prompts: Sequence[str], out_dir, iteratio
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             log(f"{model_label(run, t)}: {len(ds)} prompts × {n} responses generated")
-        out[t] = [list(r) for r in ds["responses"]]
+        out[t] = ds
     return out
 
 

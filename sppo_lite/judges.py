@@ -174,6 +174,7 @@ class CommitteeJudge(JudgeBase):
         self.model.to(device).eval()
         self.analyzer = SentimentIntensityAnalyzer()
         self.gamma, self.tolerances, self.batch_size, self.device = gamma, tuple(tolerances), batch_size, device
+        self._cache: dict[tuple[str, str], tuple[float, float, float]] = {}  # (prompt, response) → its 3 scores
 
     def relevance(self, prompts: Sequence[str], responses: Sequence[Sequence[str]]) -> list[np.ndarray]:
         """Per response, (log p(y | x) − log p(y | empty prompt)) / tokens(y) under the LM, in nats per token."""
@@ -205,10 +206,18 @@ class CommitteeJudge(JudgeBase):
         return out
 
     def scores(self, prompts: Sequence[str], responses: Sequence[Sequence[str]]) -> list[np.ndarray]:
-        """Per prompt, a K×3 array: relevance, warmth, concision of each response."""
-        relevance = self.relevance(prompts, responses)
-        return [np.column_stack([rel, [self.analyzer.polarity_scores(y)["compound"] for y in ys],
-                                 [-float(len(y.split())) for y in ys]]) for rel, ys in zip(relevance, responses)]
+        """Per prompt, a K×3 array: relevance, warmth, concision of each response.
+
+        Each score depends on its (prompt, response) alone, so it is computed once and kept: judging the same
+        answers again in other pairings (evaluation's many head-to-heads) costs no LM pass.
+        """
+        todo = sorted({(x, y) for x, ys in zip(prompts, responses) for y in ys} - self._cache.keys())
+        if todo:
+            relevance = self.relevance([x for x, _ in todo], [[y] for _, y in todo])
+            for (x, y), (rel,) in zip(todo, relevance):
+                self._cache[x, y] = (float(rel), self.analyzer.polarity_scores(y)["compound"], -float(len(y.split())))
+        return [np.array([self._cache[x, y] for y in ys], dtype=float).reshape(len(ys), 3)
+                for x, ys in zip(prompts, responses)]
 
     def _judge(self, prompts, responses):
         out = []

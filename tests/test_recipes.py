@@ -97,3 +97,13 @@ def test_accelerate_config_loads_as_accelerate_launch_reads_it(path):
     config = load_config_from_file(str(path))
     assert config.num_processes == yaml.safe_load(path.read_text())["num_processes"] >= 1
     assert config.compute_environment.value == "LOCAL_MACHINE"
+
+
+def test_the_comparison_recipe_is_the_cpu_recipe_under_the_committee_judge():
+    from sppo_lite import compare
+
+    arms, cpu = load_config(CONFIGS / "cpu-smollm2-compare.yaml"), load_config(CONFIGS / "cpu-smollm2.yaml")
+    assert compare.COMPARE_RECIPE.resolve() == (CONFIGS / "cpu-smollm2-compare.yaml").resolve()
+    assert {k: v for k, v in arms.items() if k != "judge"} == {k: v for k, v in cpu.items() if k != "judge"}
+    assert arms["judge"]["type"] == "committee" and arms["judge"]["model"] == "smollm2-135m-instruct"
+    assert arms["judge"]["template_prompts"] is False and arms["train"]["loss_type"] == "sppo"
