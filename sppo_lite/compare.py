@@ -56,7 +56,7 @@ ARM_NAMES = {"sppo": "SPPO", "dpo": "iterative DPO", "ipo": "iterative IPO"}  # 
 
 # The baselines' settings on configs/cpu-smollm2-compare.yaml: the best point of each one's β × lr sweep on
 # iteration 1 (benchmarks/smollm2_compare.py --sweep, seed 0; the grid and its scores are in docs/recipes.md).
-TUNED = {"dpo": {"beta": 0.3, "learning_rate": 5e-4}, "ipo": {"beta": 0.1, "learning_rate": 5e-4}}  # ipo: sweep running
+TUNED = {"dpo": {"beta": 0.3, "learning_rate": 5e-4}, "ipo": {"beta": 0.03, "learning_rate": 5e-4}}
 
 
 def split_prompts(config: Mapping, n_eval: int = 64, n_validation: int = 40) -> tuple[list[str], list[str]]:

@@ -140,10 +140,14 @@ def model_name(model: str) -> str:
 
 def model_label(run_or_model, t: int, best_of: int | None = None) -> str:
     """The row name of iteration t's model, after the model that ran: "SmolLM2-135M-Instruct (base)" for t = 0,
-    "SPPO iter 2 (SmolLM2-135M-Instruct)" for t = 2, "... best-of-16" with best_of."""
-    model = run_or_model.config["policy"]["model"] if isinstance(run_or_model, loop.Run) else str(run_or_model)
+    "SPPO iter 2 (SmolLM2-135M-Instruct)" for t = 2 ("DPO iter 2 (…)" for a run with loss_type dpo), "... best-of-16"
+    with best_of."""
+    is_run = isinstance(run_or_model, loop.Run)
+    model = run_or_model.config["policy"]["model"] if is_run else str(run_or_model)
+    loss = run_or_model.config["train"]["loss_type"] if is_run else "sppo"
+    method = "SPPO" if str(loss).startswith("sppo") else str(loss).upper()  # a DPO / IPO arm is named as such
     name = model_name(model)
-    label = f"{name} (base)" if t == 0 else f"SPPO iter {t} ({name})"
+    label = f"{name} (base)" if t == 0 else f"{method} iter {t} ({name})"
     return f"{label}, best-of-{best_of}" if best_of else label
 
 

@@ -95,3 +95,16 @@ def test_an_arm_is_one_of_the_three_losses():
         compare.arm_config(loop.DEFAULT_CONFIG, "kto")
     cfg = compare.arm_config(loop.DEFAULT_CONFIG, "ipo", beta=0.3, learning_rate=1e-4)
     assert (cfg["train"]["loss_type"], cfg["train"]["beta"], cfg["train"]["learning_rate"]) == ("ipo", 0.3, 1e-4)
+
+
+def test_the_tuned_baselines_are_the_best_points_of_the_recorded_sweep():
+    import json
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+    record = json.loads(sorted(results.glob("smollm2_compare-seed0-*.json"))[0].read_text())
+    for arm in ("dpo", "ipo"):
+        points = record["sweeps"][arm]
+        assert len({p["beta"] for p in points}) >= 3 and len({p["learning_rate"] for p in points}) >= 3
+        best = max(points, key=lambda p: p["win_rate"])
+        assert compare.TUNED[arm] == {"beta": best["beta"], "learning_rate": best["learning_rate"]} == record["chosen"][arm]

@@ -66,6 +66,8 @@ def test_rows_are_named_after_the_model_that_ran():
         "SPPO iter 3 (Mistral-7B-Instruct-v0.2), best-of-16"
     paper = evaluation_run.paper_table_text()
     assert "SPPO Iter3 (best-of-16)" in paper and "SmolLM2" not in paper
+    ipo_arm = loop.Run(loop.apply_overrides(config_with(), ["train.loss_type=ipo"]), "unused")
+    assert evaluation_run.model_label(ipo_arm, 1).startswith("IPO iter 1 (")  # a baseline arm is named as such
 
 
 # ---------------------------------------------------------------- held-out prompts

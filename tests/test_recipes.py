@@ -107,3 +107,13 @@ def test_the_comparison_recipe_is_the_cpu_recipe_under_the_committee_judge():
     assert {k: v for k, v in arms.items() if k != "judge"} == {k: v for k, v in cpu.items() if k != "judge"}
     assert arms["judge"]["type"] == "committee" and arms["judge"]["model"] == "smollm2-135m-instruct"
     assert arms["judge"]["template_prompts"] is False and arms["train"]["loss_type"] == "sppo"
+
+
+def test_the_comparison_recipes_header_runs_the_tuned_baselines():
+    from sppo_lite import compare
+
+    header = _header_command(CONFIGS / "cpu-smollm2-compare.yaml")
+    for arm, s in compare.TUNED.items():
+        found = re.search(rf"--output-dir runs/compare/{arm} --reuse-from runs/compare/sppo --set train.loss_type={arm} "
+                          r"--set train.beta=(\S+) --set train.learning_rate=(\S+)", header)
+        assert found and (float(found.group(1)), float(found.group(2))) == (s["beta"], s["learning_rate"]), arm
