@@ -125,8 +125,19 @@ def test_05_evaluation(smoke_04):
     assert s["best_of_n"]["chooser"] and s["best_of_n"]["scorer"]
     assert len(s["side_by_side"]) == 6 and all(r["before"] and r["prompt"] for r in s["side_by_side"])
     assert len(s["length_drift"]["heldout_mean_chars"]) == 3 and len(s["length_drift"]["train_samples_mean_chars"]) == 2
-    for name in ("win_rates", "length_drift", "best_of_n"):
+    for name in ("win_rates", "length_drift", "best_of_n", "compare_win_rates"):
         assert (out / "05_evaluation" / f"{name}.png").exists()
+    # §6: SPPO, iterative DPO and IPO from one start under the committee judge, at the comparison's SMOKE size.
+    c = s["compare"]
+    assert c["iterations"] == 2 and c["n_prompts"] == 8 and sorted(c["verdicts"]) == ["dpo", "ipo"]
+    assert set(c["verdicts"].values()) <= {"beats", "loses to", "is not told apart from"}
+    assert c["steps"]["sppo"][0] == c["steps"]["dpo"][0] == c["steps"]["ipo"][0] > 0
+    for arm in ("sppo", "dpo", "ipo"):
+        assert c["vs_base"][arm]["0"]["win_rate"] == 50.0 and set(c["vs_base"][arm]) == {"0", "1", "2"}
+        assert all(0 <= share <= 1 for share in c["cut_off"][arm].values())
+        assert 0 <= c["factual"][arm]["accuracy"]["2"] <= 1
+    assert sorted(c["head_to_head"]) == ["dpo_vs_ipo", "sppo_vs_dpo", "sppo_vs_ipo"]
+    assert s["compare_intransitivity"]["sentiment"]["prompts_with_a_cycle"] == 0
 
 
 def test_04_05_committed_outputs_name_the_model_that_ran():
