@@ -14,6 +14,7 @@
     evaluate_arms     every arm's iterates vs π₀ and vs each other (paired bootstrap CIs), LC WR, length, cut-off
                       share, and the average policy (a uniform mixture of π_1..π_T) vs π₀ and vs the last iterate
     factual_arms      every arm's iterates on the factual questions (factual.factual_eval), the signal no judge saw
+    summary           the headline numbers of both as plain JSON
 
 Every arm starts from the same π₀ and trains on the SPPO arm's iteration-1 samples, judgements and reference
 log-probs (linked in through loop.Run.reuse_from: their fingerprints match), with the same epochs and batch, so
@@ -32,6 +33,10 @@ from . import evaluate, evaluation_run, loop
 from .loop.artifacts import write_json_atomic
 from .resources import PROJECT_ROOT
 
+__all__ = ["COMPARE_RECIPE", "SMOKE_SETTINGS", "smoke_config", "ARMS", "ARM_NAMES", "TUNED",
+           "split_prompts", "run_arms", "arm_config", "run_arm", "sweep", "best_point", "run_comparison", "evaluate_arms",
+           "factual_arms", "mixture_responses", "summary"]
+
 COMPARE_RECIPE = PROJECT_ROOT / "configs" / "cpu-smollm2-compare.yaml"
 # Notebook 05's SMOKE comparison (CI): 2 iterations of 4 prompts × 3 samples of 16 tokens, one epoch. It runs every
 # line of the comparison on the real model and judge in a few minutes; its numbers say nothing about the methods.
@@ -46,10 +51,6 @@ SMOKE_SETTINGS = {
 def smoke_config(overrides=()) -> dict:
     """COMPARE_RECIPE ← SMOKE_SETTINGS ← overrides ("a.b=value")."""
     return loop.load_config(COMPARE_RECIPE, [f"{k}={v}" for k, v in SMOKE_SETTINGS.items()] + list(overrides))
-
-__all__ = ["COMPARE_RECIPE", "SMOKE_SETTINGS", "smoke_config", "ARMS", "ARM_NAMES", "TUNED",
-           "split_prompts", "run_arms", "arm_config", "run_arm", "sweep", "best_point", "run_comparison", "evaluate_arms",
-           "factual_arms", "mixture_responses"]
 
 ARMS = ("sppo", "dpo", "ipo")
 ARM_NAMES = {"sppo": "SPPO", "dpo": "iterative DPO", "ipo": "iterative IPO"}  # plots.style_for reads these names
