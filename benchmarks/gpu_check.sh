@@ -7,13 +7,13 @@
 #                π_2 loaded as iteration 2 loads it, a few tokens sampled)  → gpu_smoke-<gpu>.json
 #   2. qlora     benchmarks/qlora_step.py --shapes 1024x8 --variants sppo_lite,trl --profile-if-behind:
 #                random-init Mistral-7B shape, weights made on the GPU (no checkpoint)  → qlora_step-<gpu>.json
-#   3. judge     benchmarks/judge_throughput.py --ranker large --prompts 32 --repeats 2 --profile-if-behind:
+#   3. judge     benchmarks/judge_throughput.py --ranker large --prompts 16 --repeats 1 --profile-if-behind:
 #                official fp32 batch-1 PairRM vs PairRMJudge  → judge-<gpu>.json
 #   plus pipeline.log, qlora.log, judge.log (each part's full output) and summary.txt (machine, versions,
 #   wheel install, each part's status, the headline numbers).
 #
 # Caps (seconds; override with CAP_INSTALL, CAP_PIPELINE, CAP_QLORA, CAP_JUDGE): install 30, pipeline 100,
-# qlora 200, judge 120: 450 s at most, so that the 15 minutes of device time (the start included) leave room
+# qlora 200, judge 150: 480 s at most, so that the 15 minutes of device time (the start included) leave room
 # to rerun one part: ONLY="judge" bash benchmarks/gpu_check.sh runs just the parts named. Targets are reported, never asserted: sppo-lite's
 # QLoRA step ≥ 1.1× TRL's tokens/s at ≤ 0.9× its peak memory; judging ≥ 5× the official prompts/s with the
 # same decisions. A part that misses its target puts a torch.profiler table in its JSON.
@@ -58,7 +58,7 @@ mkdir -p "$WORK" || exit 2
 CAP_INSTALL=${CAP_INSTALL:-30}
 CAP_PIPELINE=${CAP_PIPELINE:-100}
 CAP_QLORA=${CAP_QLORA:-200}
-CAP_JUDGE=${CAP_JUDGE:-120}
+CAP_JUDGE=${CAP_JUDGE:-150}
 ONLY=${ONLY:-pipeline qlora judge}
 
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
@@ -195,7 +195,7 @@ else
     --work-dir "$WORK/pipeline" --results-dir "$OUT"
   part qlora "$CAP_QLORA" $PY benchmarks/qlora_step.py --shapes 1024x8 --variants sppo_lite,trl \
     --profile-if-behind --workdir "$WORK/qlora" --results-dir "$OUT" --timeout "$CAP_QLORA"
-  part judge "$CAP_JUDGE" $PY benchmarks/judge_throughput.py --ranker large --prompts 32 --repeats 2 \
+  part judge "$CAP_JUDGE" $PY benchmarks/judge_throughput.py --ranker large --prompts 16 --repeats 1 \
     --profile-if-behind --workdir "$WORK/judge" --results-dir "$OUT"
 fi
 

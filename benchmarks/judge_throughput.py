@@ -152,15 +152,18 @@ def main() -> None:
     official = load_blender(path, device=args.device, dtype=torch.float32)
     judge = PairRMJudge(path, mode="official", device=args.device, batch_size=args.batch_size, dtype=ours_dtype)
 
+    n_prompts = len(prompts)
+    print(f"warm-up ({args.device}) ...", flush=True)
     official_matrices(official, prompts[:2], responses[:2])  # warm-up (kernels, allocator)
     judge.win_matrices(prompts[:args.batch_size], responses[:args.batch_size])
     runs = {"official": (official_matrices, official), "sppo_lite": (judge.win_matrices,),
             "sppo_lite_sorted": (sorted_matrices, judge)}
     seconds = {name: [] for name in runs}
-    for _ in range(args.repeats):  # interleaved rounds: a busy neighbour slows all three paths alike
+    for r in range(args.repeats):  # interleaved rounds: a busy neighbour slows all three paths alike
         for name, (fn, *bound) in runs.items():
             matrices, s = timed(fn, *bound, prompts, responses)
             seconds[name].append(s)
+            print(f"round {r + 1}/{args.repeats}: {name} {s:.2f} s ({n_prompts / s:.2f} prompts/s)", flush=True)
             if name == "official":
                 reference = matrices
             elif name == "sppo_lite":

@@ -464,7 +464,9 @@ def spawn(argv: list[str], tiny: bool, timeout: int, echo: bool = False, capture
     other stdout lines as "stdout".
     """
     t0 = time.perf_counter()
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
+    # ROOT first, then whatever the caller had (gpu_check.sh puts its carried wheels' folder there)
+    pythonpath = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONPATH=pythonpath)
     if tiny:
         env["CUDA_VISIBLE_DEVICES"] = ""  # --tiny is the CPU run, also on a GPU machine
     try:
@@ -643,6 +645,10 @@ def main() -> None:
     for shape, by_variant in merged.items():
         print_table(shape, by_variant)
     print(f"\nwritten {out}")
+    failed = [f"{shape} {variant}" for shape, by_variant in results.items()
+              for variant, r in by_variant.items() if "error" in r]
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)} (each one's error is in the table above and in the JSON)")
 
 
 if __name__ == "__main__":

@@ -185,9 +185,9 @@ def load_policy(model_name_or_path, mode: str = "full", lora_r: int = 16, lora_a
                 activation_checkpointing: bool = False, gradient_checkpointing: bool | None = None):
     """Load (model, tokenizer): full weights, a LoRA adapter on full weights, or QLoRA (NF4 double-quant base + LoRA).
 
-    dtype None picks via pick_dtype (it is also the QLoRA compute dtype). device_map None loads full and
-    LoRA models on CPU (Trainer / DeepSpeed place them; call .to("cuda") to generate) and QLoRA on
-    {"": LOCAL_RANK} with a GPU, {"": "cpu"} without one. A tokenizer without a pad token
+    dtype None picks via pick_dtype (it is also the QLoRA compute dtype; freeze_kbit_base says what float16
+    upcasts). device_map None loads full and LoRA models on CPU (Trainer / DeepSpeed place them; call
+    .to("cuda") to generate) and QLoRA on {"": LOCAL_RANK} with a GPU, {"": "cpu"} without one. A tokenizer without a pad token
     (Mistral's) gets pad = eos. The model comes back in eval mode: call model.train() before training.
     activation_checkpointing: non-reentrant, adapters included (gradient_checkpointing: its old name, still read).
     """
@@ -216,15 +216,27 @@ def load_policy(model_name_or_path, mode: str = "full", lora_r: int = 16, lora_a
     model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
 
     if mode == "qlora":
-        keep_4bit_trainable(model)
-        # Freezes the base and upcasts norms/embeddings to fp32; checkpointing is enabled below for every mode.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = freeze_kbit_base(model)
     if activation_checkpointing:
         _enable_checkpointing(model)
     if mode != "full":
         model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                                                  target_modules=target_modules, task_type="CAUSAL_LM"))
     return model, tokenizer
+
+
+def freeze_kbit_base(model):
+    """Freeze a 4-/8-bit base for adapters; norms, embeddings and lm_head go to fp32 only under fp16 compute.
+
+    fp16 (a T4): upcast for stability, as peft's prepare_model_for_kbit_training does. bf16 and fp32 stay
+    as loaded, as TRL's DPOTrainer leaves them: on an H200 the upcast made a Mistral-7B QLoRA step 1.33×
+    slower and its peak memory 1.47× larger (BENCHMARKS.md). Checkpointing is left to the caller.
+    """
+    keep_4bit_trainable(model)
+    if model.dtype == torch.float16:
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model.requires_grad_(False)  # get_peft_model then adds the trainable adapters
+    return model
 
 
 def keep_4bit_trainable(model) -> None:

@@ -36,7 +36,7 @@ from transformers.trainer_callback import ExportableState
 from sppo_lite.data import (CHAT_COLUMNS, check_training_values, check_unique_rows, encode_chat, pad_chat_batch,
                             read_parquet, sequence_logps, to_full_chats)
 from sppo_lite.engines import fsdp_on_cpu
-from sppo_lite.modeling import keep_4bit_trainable
+from sppo_lite.modeling import _enable_checkpointing, freeze_kbit_base, keep_4bit_trainable
 from sppo_lite.losses import (LOSSES, dpo_loss, ipo_loss, sppo_hard_loss, sppo_loss, sppo_pair_loss,
                               sppo_single_loss)
 
@@ -567,15 +567,15 @@ def _load_model(name: str, args: SPPOConfig, processing_class):
 
 def _wrap_peft(model, peft_config, args: SPPOConfig):
     """A fresh adapter on `model` (QLoRA when it is loaded in 4 bit), as TRL's peft_config= does."""
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model
 
     if isinstance(model, PeftModel):
         raise ValueError("peft_config was given but the model already has an adapter: pass the base model, "
                          "or drop peft_config")
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
-        keep_4bit_trainable(model)
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = freeze_kbit_base(model)
+        if args.gradient_checkpointing:
+            _enable_checkpointing(model)  # non-reentrant
     return get_peft_model(model, peft_config)
 
 

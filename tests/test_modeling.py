@@ -133,6 +133,17 @@ def test_qlora_loads_nf4_on_cpu_and_trains_adapters(qlora_policy):
     model.eval()
 
 
+@pytest.mark.parametrize("dtype, norm_dtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float32)])
+def test_qlora_upcasts_norms_to_fp32_only_for_fp16_compute(policy_dir, dtype, norm_dtype):
+    pytest.importorskip("bitsandbytes")
+    model, _ = load_policy(policy_dir, mode="qlora", lora_r=4, dtype=dtype)
+    norms = {n: p.dtype for n, p in model.named_parameters() if "norm" in n}
+    assert norms and set(norms.values()) == {norm_dtype}
+    assert model.get_input_embeddings().weight.dtype == norm_dtype
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
+
 def test_missing_local_path_offline_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(FileNotFoundError, match="not in the local Hugging Face cache.*offline mode is on"):

@@ -213,3 +213,24 @@ def test_an_explicit_gradient_checkpointing_wins_over_the_default(tmp_path):
     assert SPPOConfig(output_dir=str(tmp_path), use_cpu=True).activation_checkpointing is True
     off = SPPOConfig(output_dir=str(tmp_path), use_cpu=True, gradient_checkpointing=False)
     assert off.activation_checkpointing is False and off.gradient_checkpointing is False
+
+
+def test_peft_config_on_a_4bit_bf16_model_keeps_bf16_and_trains(pairs, policy_dir, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(policy_dir, quantization_config=bnb, dtype=torch.bfloat16,
+                                                 device_map={"": "cpu"})
+    tok = load_policy(policy_dir)[1]
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = SPPOTrainer(model, args=args(tmp_path, max_steps=2, precompute_ref_log_probs=True,
+                                           gradient_checkpointing=True),
+                          train_dataset=pairs, processing_class=tok, peft_config=lora)
+    norms = {p.dtype for n, p in trainer.model.named_parameters() if "norm" in n}
+    assert norms == {torch.bfloat16}  # no fp32 upcast under bf16 compute (TRL leaves them too)
+    assert all("lora_" in n for n, p in trainer.model.named_parameters() if p.requires_grad)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    assert any(not torch.equal(before[n], after[n].detach()) for n in before)
