@@ -152,7 +152,7 @@ def main() -> None:
     official = load_blender(path, device=args.device, dtype=torch.float32)
     judge = PairRMJudge(path, mode="official", device=args.device, batch_size=args.batch_size, dtype=ours_dtype)
 
-    n_prompts = len(prompts)
+    n = len(prompts)
     print(f"warm-up ({args.device}) ...", flush=True)
     official_matrices(official, prompts[:2], responses[:2])  # warm-up (kernels, allocator)
     judge.win_matrices(prompts[:args.batch_size], responses[:args.batch_size])
@@ -163,7 +163,7 @@ def main() -> None:
         for name, (fn, *bound) in runs.items():
             matrices, s = timed(fn, *bound, prompts, responses)
             seconds[name].append(s)
-            print(f"round {r + 1}/{args.repeats}: {name} {s:.2f} s ({n_prompts / s:.2f} prompts/s)", flush=True)
+            print(f"round {r + 1}/{args.repeats}: {name} {s:.2f} s ({n / s:.2f} prompts/s)", flush=True)
             if name == "official":
                 reference = matrices
             elif name == "sppo_lite":
@@ -173,7 +173,6 @@ def main() -> None:
     official_s, ours_s, sorted_s = (float(np.median(seconds[name])) for name in runs)
 
     hw = hardware(args.device)
-    n = len(prompts)
     result = {
         "hardware": hw, "ranker": args.ranker if args.ranker in ("tiny", "large") else Path(path).name,
         "device": args.device, "prompts": n, "k": args.k, "batch_size": args.batch_size, "repeats": args.repeats,

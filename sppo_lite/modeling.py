@@ -187,8 +187,8 @@ def load_policy(model_name_or_path, mode: str = "full", lora_r: int = 16, lora_a
 
     dtype None picks via pick_dtype (it is also the QLoRA compute dtype; freeze_kbit_base says what float16
     upcasts). device_map None loads full and LoRA models on CPU (Trainer / DeepSpeed place them; call
-    .to("cuda") to generate) and QLoRA on {"": LOCAL_RANK} with a GPU, {"": "cpu"} without one. A tokenizer without a pad token
-    (Mistral's) gets pad = eos. The model comes back in eval mode: call model.train() before training.
+    .to("cuda") to generate) and QLoRA on {"": LOCAL_RANK} with a GPU, {"": "cpu"} without one. A tokenizer
+    without a pad token (Mistral's) gets pad = eos. The model comes back in eval mode: call model.train() before training.
     activation_checkpointing: non-reentrant, adapters included (gradient_checkpointing: its old name, still read).
     """
     if gradient_checkpointing is not None:

@@ -36,7 +36,7 @@ from transformers.trainer_callback import ExportableState
 from sppo_lite.data import (CHAT_COLUMNS, check_training_values, check_unique_rows, encode_chat, pad_chat_batch,
                             read_parquet, sequence_logps, to_full_chats)
 from sppo_lite.engines import fsdp_on_cpu
-from sppo_lite.modeling import _enable_checkpointing, freeze_kbit_base, keep_4bit_trainable
+from sppo_lite.modeling import freeze_kbit_base, keep_4bit_trainable
 from sppo_lite.losses import (LOSSES, dpo_loss, ipo_loss, sppo_hard_loss, sppo_loss, sppo_pair_loss,
                               sppo_single_loss)
 
@@ -573,9 +573,7 @@ def _wrap_peft(model, peft_config, args: SPPOConfig):
         raise ValueError("peft_config was given but the model already has an adapter: pass the base model, "
                          "or drop peft_config")
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
-        model = freeze_kbit_base(model)
-        if args.gradient_checkpointing:
-            _enable_checkpointing(model)  # non-reentrant
+        model = freeze_kbit_base(model)  # Trainer.train turns on activation checkpointing from args
     return get_peft_model(model, peft_config)
 
 

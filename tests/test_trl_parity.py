@@ -232,5 +232,6 @@ def test_peft_config_on_a_4bit_bf16_model_keeps_bf16_and_trains(pairs, policy_di
     assert all("lora_" in n for n, p in trainer.model.named_parameters() if p.requires_grad)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
     trainer.train()
+    assert trainer.model.base_model.model.is_activation_checkpointing  # turned on by Trainer.train
     after = dict(trainer.model.named_parameters())
     assert any(not torch.equal(before[n], after[n].detach()) for n in before)
