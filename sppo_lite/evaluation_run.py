@@ -38,6 +38,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from . import evaluate, loop
+from .resources import PROJECT_ROOT
 
 __all__ = [
     "load_run", "finished_iterations", "iteration_models", "stage_table", "train_histories",
@@ -56,7 +57,28 @@ def load_run(run_dir, log: Callable = print) -> loop.Run:
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} holds no SPPO run (no config.json): run notebook 04 or "
                                 f"`sppo-lite iterate --output-dir {run_dir.name}` first")
-    return loop.Run(json.loads(path.read_text()), run_dir, log)
+    return loop.Run(_with_prompt_file_found(json.loads(path.read_text()), run_dir), run_dir, log)
+
+
+def _with_prompt_file_found(config: dict, run_dir: Path) -> dict:
+    """config with a relative prompt file that the working directory cannot see found again.
+
+    config.json keeps prompts.source as written from the folder the run was made in (no machine paths),
+    so a notebook in notebooks/ reading a run made from the repository root would miss
+    `data/prompts.jsonl`. It is looked for from each folder above run_dir, then from the project root;
+    the stages' fingerprints hold the prompts' texts, not the path, so nothing downstream changes.
+    """
+    source = config.get("prompts", {}).get("source")
+    if (not isinstance(source, str) or not source.lower().endswith((".jsonl", ".json", ".parquet"))
+            or Path(source).is_absolute() or Path(source).is_file()):
+        return config  # a hub dataset id, an absolute path, or already found
+    places = [*Path(run_dir).resolve().parents, PROJECT_ROOT]
+    for place in places:
+        if (place / source).is_file():
+            return {**config, "prompts": {**config["prompts"], "source": str(place / source)}}
+    raise FileNotFoundError(f"{run_dir}/config.json reads its prompts from {source}, which is not there from "
+                            f"the working directory, from any folder above {run_dir} or from the project root: "
+                            f"run from the folder the run was made in, or copy the prompt file there")
 
 
 def finished_iterations(run_dir) -> list[int]:

@@ -139,6 +139,27 @@ def test_load_run_without_a_run_says_what_to_do(tmp_path):
         evaluation_run.load_run(tmp_path)
 
 
+def test_load_run_finds_a_relative_prompt_file_from_another_working_directory(tmp_path, monkeypatch):
+    # a run made from project/ (prompts.source "data/p.jsonl"), read by a notebook whose cwd is project/notebooks
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "notebooks").mkdir()
+    (project / "data" / "p.jsonl").write_text("".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(9)))
+    monkeypatch.chdir(project)
+    config = loop.load_config("cpu-tiny", overrides=["prompts.source=data/p.jsonl", "prompts.n_prompts=2"])
+    assert config["prompts"]["source"] == "data/p.jsonl"
+    (project / "outputs" / "run").mkdir(parents=True)
+    (project / "outputs" / "run" / "config.json").write_text(json.dumps(config))
+    monkeypatch.chdir(project / "notebooks")
+    run = evaluation_run.load_run("../outputs/run", log=lambda *_: None)
+    assert Path(run.config["prompts"]["source"]) == (project / "data" / "p.jsonl").resolve()
+    held = evaluation_run.heldout_prompts(run.config)
+    assert len(held) == 9 - 2 * config["iterations"] and set(held) < {f"q{i}" for i in range(9)}  # 2 trained per iteration
+    (project / "data" / "p.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match="reads its prompts from data/p.jsonl"):
+        evaluation_run.load_run("../outputs/run", log=lambda *_: None)
+
+
 # ---------------------------------------------------------------- evaluation on tiny models
 
 def test_evaluate_iterations_with_a_length_judge(tmp_path, monkeypatch):
