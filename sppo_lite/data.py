@@ -509,13 +509,15 @@ def sequence_logps(model, input_ids, attention_mask, response_mask) -> torch.Ten
 
 def add_reference_logps(dataset: datasets.Dataset, model, tokenizer, batch_size: int = 8,
                         max_length: int = 1024, max_prompt_length: int = 512,
-                        truncation_mode: str = "keep_end") -> datasets.Dataset:
+                        truncation_mode: str = "keep_end", bf16: bool = False) -> datasets.Dataset:
     """Add ref_<c>_logps = Σ log π_t(response | prompt) for each chat column c present.
 
     c ∈ CHAT_COLUMNS (chosen, rejected → ref_chosen_logps, ref_rejected_logps; response →
     ref_response_logps). Texts go through encode_chat; computed in eval mode under torch.no_grad,
-    batch_size rows at a time. An existing ref column is recomputed.
+    batch_size rows at a time (bf16: under generation.bf16_autocast). An existing ref column is recomputed.
     """
+    from .generation import bf16_autocast
+
     columns = [c for c in CHAT_COLUMNS if c in dataset.column_names]
     if not columns:
         raise ValueError(f"dataset has no chat column to score (looked for {', '.join(CHAT_COLUMNS)}); "
@@ -532,7 +534,7 @@ def add_reference_logps(dataset: datasets.Dataset, model, tokenizer, batch_size:
                                    finished=True if done is None else done[i], truncation_mode=truncation_mode)
                        for i, chat in enumerate(dataset[column])]
             sums = []
-            with torch.no_grad():
+            with torch.no_grad(), bf16_autocast(model, bf16):
                 for start in range(0, len(encoded), batch_size):
                     batch = pad_chat_batch(encoded[start:start + batch_size], tokenizer)
                     sums.append(sequence_logps(model, **{k: v.to(device) for k, v in batch.items()}).cpu())

@@ -281,23 +281,24 @@ def _model_fingerprint(run: loop.Run, t: int, path: str) -> str:
 def generate_for_models(run: loop.Run, prompts: Sequence[str], out_dir, iterations: Sequence[int] | None = None,
                         n: int = 1, temperature: float = 0.7, top_p: float = 0.9, max_new_tokens: int = 512,
                         batch_size: int = 8, seed: int = 0, max_prompt_tokens: int | None = None,
-                        device: str = "auto", log: Callable = print) -> dict[int, list[list[str]]]:
+                        device: str = "auto", bf16: bool | None = None, log: Callable = print) -> dict[int, list[list[str]]]:
     """{t: n responses per prompt from model t} for t in `iterations` (default: base and every finished one).
 
     Each model's responses are written to out_dir/responses/iter{t}-n{n}-<hash>.parquet (atomically)
     and read back on a rerun; the hash covers the model, the prompts and the sampling settings.
     Prompts that do not fit max_prompt_tokens are truncated, so every model answers every prompt.
+    bf16: sample under bf16 autocast; None: as the run's generation.bf16.
     """
     data = generate_datasets_for_models(run, prompts, out_dir, iterations, n=n, temperature=temperature, top_p=top_p,
                                         max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
-                                        max_prompt_tokens=max_prompt_tokens, device=device, log=log)
+                                        max_prompt_tokens=max_prompt_tokens, device=device, bf16=bf16, log=log)
     return {t: [list(r) for r in ds["responses"]] for t, ds in data.items()}
 
 
 def generate_datasets_for_models(run: loop.Run, prompts: Sequence[str], out_dir, iterations: Sequence[int] | None = None,
                                  n: int = 1, temperature: float = 0.7, top_p: float = 0.9, max_new_tokens: int = 512,
                                  batch_size: int = 8, seed: int = 0, max_prompt_tokens: int | None = None,
-                                 device: str = "auto", log: Callable = print) -> dict:
+                                 device: str = "auto", bf16: bool | None = None, log: Callable = print) -> dict:
     """generate_for_models, each model's whole Dataset: prompt, responses, finished (False: cut at max_new_tokens)."""
     import torch
 
@@ -315,11 +316,13 @@ def generate_datasets_for_models(run: loop.Run, prompts: Sequence[str], out_dir,
                          f"finished are {sorted(models)[1:]}")
     settings = dict(k=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
                     max_prompt_tokens=max_prompt_tokens, long_prompts="truncate")
+    bf16 = bool(run.config["generation"].get("bf16", False)) if bf16 is None else bool(bf16)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     out = {}
     for t in iterations:
-        key = _digest({"model": _model_fingerprint(run, t, models[t]), "prompts": prompts, **settings})
+        key = _digest({"model": _model_fingerprint(run, t, models[t]), "prompts": prompts, **settings,
+                       **({"bf16": True} if bf16 else {})})  # an fp32 answer keeps the key it always had
         path = Path(out_dir) / "responses" / f"iter{t}-n{n}-{key}.parquet"
         if path.is_file():
             ds = Dataset.from_parquet(str(path))
@@ -327,7 +330,8 @@ def generate_datasets_for_models(run: loop.Run, prompts: Sequence[str], out_dir,
         else:
             model, tokenizer = load_policy(models[t], mode="full", dtype=run.config["policy"]["dtype"])
             model.to(device)
-            ds, _ = generate_responses(model, tokenizer, prompts, batch_size=batch_size, progress=False, **settings)
+            ds, _ = generate_responses(model, tokenizer, prompts, batch_size=batch_size, progress=False, bf16=bf16,
+                                       **settings)
             save_parquet(ds, path)
             del model
             gc.collect()

@@ -30,11 +30,25 @@ from transformers import (GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from .modeling import require_chat_template
 
-__all__ = ["generate_responses", "generate_responses_vllm", "VLLMEngine", "save_parquet", "LONG_PROMPT_POLICIES"]
+__all__ = ["generate_responses", "generate_responses_vllm", "VLLMEngine", "save_parquet", "LONG_PROMPT_POLICIES",
+           "bf16_autocast"]
 
 logger = logging.getLogger(__name__)
 
 LONG_PROMPT_POLICIES = ("skip", "truncate")
+
+
+def bf16_autocast(model, enabled: bool = True):
+    """torch.autocast(bfloat16) on the model's device when enabled (the weights stay as loaded), else a no-op.
+
+    Matmuls run in bf16, softmax and log-softmax in fp32; on a CPU with AVX512-BF16 this is what makes SmolLM2's
+    sampling and scoring faster (BENCHMARKS.md, benchmarks/cpu_bf16.py).
+    """
+    import contextlib
+
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16)
 
 
 @dataclass
@@ -46,13 +60,13 @@ class _Prompt:
 
 def generate_responses(model, tokenizer, prompts, k: int = 5, temperature: float = 0.7, top_p: float = 0.9,
                        max_new_tokens: int = 128, batch_size: int = 8, seed: int = 0, max_prompt_tokens=None,
-                       long_prompts: str = "skip", prompt_ids=None, progress: bool = True):
+                       long_prompts: str = "skip", prompt_ids=None, progress: bool = True, bf16: bool = False):
     """K responses per prompt with transformers generate(); returns (dataset, stats), see the module docstring.
 
     `batch_size` counts prompts (batch_size·k rows per generate call); prompts are length-sorted and
     left-padded (tokenizer.pad). `prompt_ids` (default 0..N-1) key the seeds and the prompt_id column. A chat-templated
     prompt longer than `max_prompt_tokens` is skipped or has its user text cut to fit (`long_prompts`).
-    The model is put in eval mode for the call and restored after.
+    The model is put in eval mode for the call and restored after. bf16: sample under bf16_autocast.
     """
     _check_sampling(k, temperature, top_p)
     prompts, stats = _encode_prompts(tokenizer, prompts, prompt_ids, max_prompt_tokens, long_prompts)
@@ -67,7 +81,8 @@ def generate_responses(model, tokenizer, prompts, k: int = 5, temperature: float
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress) as bar:
+        with torch.no_grad(), bf16_autocast(model, bf16), \
+                tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress) as bar:
             for start in range(0, len(order), batch_size):
                 batch = [prompts[i] for i in order[start:start + batch_size]]
                 texts, done = _generate_batch(model, tokenizer, padder, batch, k, temperature, top_p, seed, config)

@@ -88,6 +88,9 @@ def test_rules_that_tie_keys_together():
         loop.load_config(None, ["judge.type=cyclic_style"])
     with pytest.raises(ValueError, match="must be one of sppo, sppo_single, sppo_hard, dpo, ipo"):
         loop.load_config(None, ["train.loss_type=kto"])  # the losses module's own list
+    with pytest.raises(ValueError, match="generation.bf16 is for the transformers backend"):
+        loop.load_config(None, ["generation.backend=vllm", "generation.bf16=true"])
+    assert loop.load_config(None, ["generation.bf16=true"])["generation"]["bf16"] is True
 
 
 def test_docs_config_md_is_the_generated_reference():

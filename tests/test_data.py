@@ -360,6 +360,19 @@ def test_add_reference_logps_fills_the_pair_columns(tiny):
     np.testing.assert_allclose(again["ref_rejected_logps"], out["ref_rejected_logps"], rtol=1e-5, atol=1e-5)
 
 
+def test_add_reference_logps_under_bf16_autocast_is_close_to_fp32_but_not_equal(tiny):
+    """build.bf16: the same sums up to bf16 rounding of the matmuls (autocast really on), weights untouched."""
+    tokenizer, model = tiny
+    ds = build_sppo_dataset([c[0]["content"] for c in CHATS],
+                            [[c[1]["content"], "no"] for c in CHATS], [[1.0, 0.0]] * 3)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    fp32 = np.array(add_reference_logps(ds, model, tokenizer, batch_size=2)["ref_chosen_logps"])
+    bf16 = np.array(add_reference_logps(ds, model, tokenizer, batch_size=2, bf16=True)["ref_chosen_logps"])
+    assert np.isfinite(bf16).all() and not np.array_equal(bf16, fp32)
+    assert np.abs(bf16 - fp32).max() < 0.02 * np.abs(fp32).max()  # rounding, not another model
+    assert all(torch.equal(v, model.state_dict()[k]) and v.dtype == torch.float32 for k, v in weights.items())
+
+
 def test_add_reference_logps_response_column_and_errors(tiny):
     tokenizer, model = tiny
     ds = build_sppo_dataset(["cat"], [["a cat", "a dog"]], [[0.0, 1.0]], pair_mode="all")

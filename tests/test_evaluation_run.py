@@ -195,6 +195,14 @@ def test_evaluate_iterations_with_a_length_judge(tmp_path, monkeypatch):
     # Other prompts or settings are another cache entry.
     with pytest.raises(AssertionError, match="generated again"):
         evaluation_run.evaluate_iterations(run, prompts[:3], judge, tmp_path / "eval", **kw)
+    # bf16 answers are another entry; bf16 off (given, or the run's generation.bf16) reads the fp32 answers back.
+    assert evaluation_run.generate_for_models(run, prompts, tmp_path / "eval", max_new_tokens=6, bf16=False,
+                                              log=kw["log"])[1] == [[r] for r in responses[1]]
+    with pytest.raises(AssertionError, match="generated again"):
+        evaluation_run.generate_for_models(run, prompts, tmp_path / "eval", max_new_tokens=6, bf16=True, log=kw["log"])
+    run.config = loop.apply_overrides(run.config, ["generation.bf16=true"])
+    with pytest.raises(AssertionError, match="generated again"):
+        evaluation_run.generate_for_models(run, prompts, tmp_path / "eval", max_new_tokens=6, log=kw["log"])
 
 
 def test_best_of_n_picks_the_judges_favourite_and_sample_0_is_the_single_answer(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from sppo_lite.generation import generate_responses, generate_responses_vllm, save_parquet
+from sppo_lite.generation import bf16_autocast, generate_responses, generate_responses_vllm, save_parquet
 from sppo_lite.modeling import build_tiny_model, build_tiny_tokenizer, load_policy, save_tiny_policy
 
 PROMPTS = [
@@ -38,6 +38,26 @@ def test_k_responses_per_prompt_with_columns_and_stats(policy):
     assert any(len(set(r)) > 1 for r in ds["responses"])  # K samples, not K copies
     assert stats == {"prompts": 5, "generated": 5, "skipped": 0, "truncated": 0,
                      "skipped_prompt_ids": [], "truncated_prompt_ids": []}
+
+
+def test_bf16_autocast_is_on_in_its_block_only_and_samples_reproducibly(policy):
+    """generation.bf16: logits within bf16 rounding of fp32 (so autocast is really on), fp32 outside the block,
+    and seeded samples as reproducible as in fp32."""
+    model, tokenizer = policy
+    ids = torch.tensor([chat_ids(tokenizer, PROMPTS[2])])
+    with torch.no_grad():
+        fp32 = model(ids).logits
+        with bf16_autocast(model):
+            half = model(ids).logits
+        with bf16_autocast(model, enabled=False):
+            off = model(ids).logits
+    assert half.dtype == torch.bfloat16 and torch.equal(off, fp32)
+    gap = (half.float() - fp32).abs().max().item()
+    assert 0 < gap < 0.05 * fp32.abs().max().item()
+    first, _ = generate_responses(model, tokenizer, PROMPTS, k=2, seed=7, bf16=True, **FAST)
+    again, _ = generate_responses(model, tokenizer, PROMPTS, k=2, seed=7, bf16=True, batch_size=2, **FAST)
+    assert first["responses"] == again["responses"] and all(len(r) == 2 for r in first["responses"])
+    assert next(model.parameters()).dtype == torch.float32
 
 
 def test_same_seed_same_output_other_seed_different(policy):

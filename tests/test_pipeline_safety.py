@@ -269,6 +269,24 @@ def test_what_changes_the_samples_is_refused(built, tmp_path, change, refused):
         loop.generate_stage(loop.Run(changed, run.output_dir, **QUIET), 1)
 
 
+def test_bf16_switches_off_keep_a_runs_fingerprints_and_on_are_refused(built):
+    """generation.bf16 / build.bf16 false leave the fingerprints as a run made before they existed wrote them;
+    true changes the samples or log π_t, so a finished stage is refused, not silently mixed."""
+    config, run = built
+    from sppo_lite.loop.stages import fingerprint_generate
+
+    gen = loop.read_manifest(run.stage_dir(1, "generate"))["inputs"]
+    assert "bf16" not in gen["generation"] and "bf16" not in loop.read_manifest(run.stage_dir(1, "build"))["inputs"]["build"]
+    assert config["generation"]["bf16"] is False and fingerprint_generate(run, 1) == gen
+    on = loop.Run(loop.apply_overrides(config, ["generation.bf16=true"]), run.output_dir, **QUIET)
+    assert fingerprint_generate(on, 1)["generation"]["bf16"] is True
+    with pytest.raises(loop.StageChanged, match="iter1/generate .*changed: .*generation"):
+        loop.generate_stage(on, 1)
+    on = loop.Run(loop.apply_overrides(config, ["build.bf16=true"]), run.output_dir, **QUIET)
+    with pytest.raises(loop.StageChanged, match="iter1/build .*changed: .*build"):
+        loop.build_stage(on, 1)
+
+
 def test_edited_prompt_texts_are_noticed(built, tmp_path):
     config, run = built
     lines = Path(PROMPTS).read_text().splitlines()

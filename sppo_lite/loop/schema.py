@@ -142,6 +142,13 @@ class GenerationConfig:
     max_prompt_tokens: int | None = key(512, "longest prompt in π_t's chat template", integer(1, optional=True))
     long_prompts: str = key("skip", "skip | truncate prompts over max_prompt_tokens", choice_from("generation", "LONG_PROMPT_POLICIES"))
     shard_size: int = key(256, "prompts per resumable shard", integer(1))
+    bf16: bool = key(False, "sample π_t (and answer evaluation prompts) under bf16 autocast, weights kept as "
+                     "loaded: faster on CPUs with AVX512-BF16", boolean())
+
+    def check_together(self) -> None:
+        if self.bf16 and self.backend == "vllm":
+            raise ValueError("config key generation.bf16 is for the transformers backend (vLLM samples in "
+                             "policy.dtype): set generation.bf16: false, or policy.dtype: bfloat16")
 
 
 @dataclass
@@ -185,6 +192,7 @@ class BuildConfig:
     pair_mode: str = key("best_worst", "best_worst (official: argmax / argmin of the judge's score) | all (every "
                          "sample, its own target)", choice("best_worst", "all"))
     ref_batch_size: int = key(8, "sequences per reference log-prob pass", integer(1))
+    bf16: bool = key(False, "compute the reference log-probs log π_t under bf16 autocast", boolean())
 
 
 @dataclass

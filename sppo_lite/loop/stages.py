@@ -232,10 +232,15 @@ def _quantized(config: dict) -> bool:
     return config["policy"]["mode"] == "qlora"  # QLoRA samples and scores π_t in 4 bit; full and LoRA alike
 
 
+def _unset_bf16(section: dict) -> tuple:
+    """("bf16",) when a section's bf16 switch is off: a run made before the switch existed keeps its fingerprint."""
+    return () if section.get("bf16") else ("bf16",)
+
+
 def fingerprint_generate(run, t: int) -> dict:
     cfg = run.config
     ids, prompts = _prompts(run, t)
-    return {"generation": _without(cfg["generation"], ("batch_size", "shard_size")),
+    return {"generation": _without(cfg["generation"], ("batch_size", "shard_size") + _unset_bf16(cfg["generation"])),
             "policy": run.policy_identity(t), "quantized": _quantized(cfg),
             "dtype": _resolved_dtype(cfg["policy"]["dtype"], cfg["policy"]["device"]),
             "seed": cfg["seed"], "prompts": hash_obj([ids, prompts])}
@@ -259,7 +264,7 @@ def work_generate(run, t: int, tmp: Path, partial: Path):
         if "model" not in loaded:
             loaded["model"], loaded["tokenizer"] = _load_inference_policy(policy, cfg)
         return generate_responses(loaded["model"], loaded["tokenizer"], prompts[a:b], prompt_ids=ids[a:b],
-                                  batch_size=g["batch_size"], progress=False, **opts)
+                                  batch_size=g["batch_size"], progress=False, bf16=g["bf16"], **opts)
 
     ds, totals = run_shards(partial, len(ids), g["shard_size"], make, f"iter{t} generate", run.log)
     if ds is None:
@@ -376,7 +381,7 @@ def work_judge(run, t: int, tmp: Path, partial: Path, judge=None):
 
 def fingerprint_build(run, t: int) -> dict:
     cfg, tr = run.config, run.config["train"]
-    return {"build": _without(cfg["build"], ("ref_batch_size",)),
+    return {"build": _without(cfg["build"], ("ref_batch_size",) + _unset_bf16(cfg["build"])),
             "lengths": [tr["max_length"], tr["max_prompt_length"]]
             + ([tr["truncation_mode"]] if tr.get("truncation_mode", "keep_end") != "keep_end" else []),
             "policy": run.policy_identity(t), "quantized": _quantized(cfg),
@@ -413,7 +418,7 @@ def work_build(run, t: int, tmp: Path, partial: Path):
         model, tokenizer = _load_inference_policy(policy, cfg)
         scored = add_reference_logps(ds.select(slices[rank]), model, tokenizer, batch_size=b["ref_batch_size"],
                                      max_length=tr["max_length"], max_prompt_length=tr["max_prompt_length"],
-                                     truncation_mode=tr.get("truncation_mode", "keep_end"))
+                                     truncation_mode=tr.get("truncation_mode", "keep_end"), bf16=b["bf16"])
         save_parquet(scored, shards[rank])
     if rank != 0:
         return None, None
