@@ -102,7 +102,7 @@ def test_the_tuned_baselines_are_the_best_points_of_the_recorded_sweep():
     from pathlib import Path
 
     results = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
-    record = json.loads(sorted(results.glob("smollm2_compare-seed0-*.json"))[0].read_text())
+    record = json.loads(sorted(results.glob("smollm2_compare-seed0-fp32-*.json"))[0].read_text())  # the sweep ran in fp32
     for arm in ("dpo", "ipo"):
         points = record["sweeps"][arm]
         assert len({p["beta"] for p in points}) >= 3 and len({p["learning_rate"] for p in points}) >= 3
