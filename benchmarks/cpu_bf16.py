@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import hardware, versions
+from common import hardware, processor, versions
 from sppo_lite import compare, evaluate, evaluation_run, factual, loop
 from sppo_lite.data import add_reference_logps
 from sppo_lite.modeling import load_policy
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
         runs[name] = compare.run_arm(compare.arm_config(cfg, "sppo"), root / name, iterations=1)
     stages = {name: stage_seconds(run) for name, run in runs.items()}
     judge32, judge16 = loop.make_judge(cfg32), loop.make_judge(cfg16)
-    out = {"hardware": hw, "versions": versions(), "args": vars(args), "load_average": os.getloadavg()[0],
+    out = {"hardware": hw, "processor": processor(), "versions": versions(), "args": vars(args), "load_average": os.getloadavg()[0],
            "bf16_settings": BF16, "stage_seconds": stages,
            "logp": logp_change(runs["fp32"], cfg32),
            "judge": judge_change(runs["fp32"], judge32, judge16),
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     out["factual_base"]["answers_differ"] = int(sum(a != b for a, b in zip(fact["fp32"]["answers"],
                                                                            fact["bf16"]["answers"])))
     out["factual_base"]["questions"] = len(items)
-    print(f"on {hw}, load average {out['load_average']:.1f}")
+    print(f"on {hw} ({out['processor']}), load average {out['load_average']:.1f}")
     for stage in stages["fp32"]:
         a, b = stages["fp32"][stage], stages["bf16"].get(stage)
         print(f"  {stage:<9} fp32 {a:6.1f} s   bf16 {b:6.1f} s   ×{a / b:.2f}")
