@@ -40,9 +40,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     config = loop.load_config(compare.COMPARE_RECIPE, [f"seed={args.seed}"])
     validation = compare.split_prompts(config, n_validation=args.n_validation)[1]
-    g = config["generation"]
-    generation = dict(max_new_tokens=g["max_new_tokens"], batch_size=g["batch_size"],
-                      max_prompt_tokens=g["max_prompt_tokens"], seed=args.seed)
+    generation = compare.eval_generation(config)
     root = Path(args.root)
     sppo = Path(args.reuse_sppo) if args.reuse_sppo else root / "sppo"
     if args.reuse_sppo and not (sppo / "iter1" / "build").is_dir():

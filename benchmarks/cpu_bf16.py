@@ -109,9 +109,7 @@ def main(argv=None) -> int:
            "judge": judge_change(runs["fp32"], judge32, judge16),
            "samples": {name: sample_stats(run) for name, run in runs.items()}}
     _, validation = compare.split_prompts(cfg32, 64, args.n_validation)
-    g = cfg32["generation"]
-    gen = dict(max_new_tokens=g["max_new_tokens"], batch_size=g["batch_size"], max_prompt_tokens=g["max_prompt_tokens"],
-               seed=args.seed, bf16=False)
+    gen = {**compare.eval_generation(cfg32), "bf16": False}
     answers = {name: evaluation_run.generate_for_models(run, validation, root / "eval", iterations=[0, 1], **gen)
                for name, run in runs.items()}
     first = {name: [y[0] for y in a[1]] for name, a in answers.items()}

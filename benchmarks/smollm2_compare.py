@@ -87,9 +87,7 @@ def main(argv=None) -> int:
     hw = hardware("cpu")
     config = loop.load_config(ROOT / "configs" / "cpu-smollm2-compare.yaml", [f"seed={args.seed}"])
     eval_prompts, validation = compare.split_prompts(config, args.n_eval, args.n_validation)
-    g = config["generation"]
-    generation = dict(max_new_tokens=g["max_new_tokens"], batch_size=g["batch_size"],
-                      max_prompt_tokens=g["max_prompt_tokens"], seed=args.seed)
+    generation = compare.eval_generation(config)
     judge = loop.make_judge(config)
     root = Path(args.root)
     t0 = time.time()

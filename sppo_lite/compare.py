@@ -34,7 +34,7 @@ from .loop.artifacts import write_json_atomic
 from .resources import PROJECT_ROOT
 
 __all__ = ["COMPARE_RECIPE", "SMOKE_SETTINGS", "smoke_config", "ARMS", "ARM_NAMES", "TUNED",
-           "split_prompts", "run_arms", "arm_config", "run_arm", "sweep", "best_point", "run_comparison", "evaluate_arms",
+           "eval_generation", "split_prompts", "run_arms", "arm_config", "run_arm", "sweep", "best_point", "run_comparison", "evaluate_arms",
            "factual_arms", "mixture_responses", "summary"]
 
 COMPARE_RECIPE = PROJECT_ROOT / "configs" / "cpu-smollm2-compare.yaml"
@@ -58,6 +58,13 @@ ARM_NAMES = {"sppo": "SPPO", "dpo": "iterative DPO", "ipo": "iterative IPO"}  # 
 # The baselines' settings on configs/cpu-smollm2-compare.yaml: the best point of each one's β × lr sweep on
 # iteration 1 (benchmarks/smollm2_compare.py --sweep, seed 0; the grid and its scores are in docs/recipes.md).
 TUNED = {"dpo": {"beta": 0.3, "learning_rate": 5e-4}, "ipo": {"beta": 0.03, "learning_rate": 5e-4}}
+
+
+def eval_generation(config: Mapping) -> dict:
+    """The evaluation answers' sampling settings from a recipe: its generation caps, batch size and seed."""
+    g = config["generation"]
+    return dict(max_new_tokens=g["max_new_tokens"], batch_size=g["batch_size"],
+                max_prompt_tokens=g["max_prompt_tokens"], seed=config["seed"])
 
 
 def split_prompts(config: Mapping, n_eval: int = 64, n_validation: int = 40) -> tuple[list[str], list[str]]:

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sppo_lite import loop
-from sppo_lite.loop import load_config
+from sppo_lite.loop import apply_overrides, load_config
 from sppo_lite.trainer import SPPOConfig, train_and_merge
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,7 +105,7 @@ def test_the_comparison_recipe_is_the_cpu_recipe_under_the_committee_judge():
     arms, cpu = load_config(CONFIGS / "cpu-smollm2-compare.yaml"), load_config(CONFIGS / "cpu-smollm2.yaml")
     assert compare.COMPARE_RECIPE.resolve() == (CONFIGS / "cpu-smollm2-compare.yaml").resolve()
     bf16 = ["generation.bf16=true", "build.bf16=true", "train.bf16=true"]  # measured in benchmarks/cpu_bf16.py
-    cpu = loop.apply_overrides(cpu, bf16)
+    cpu = apply_overrides(cpu, bf16)
     assert {k: v for k, v in arms.items() if k != "judge"} == {k: v for k, v in cpu.items() if k != "judge"}
     assert arms["judge"]["dtype"] == "bfloat16" and cpu["judge"]["dtype"] is None
     assert arms["judge"]["type"] == "committee" and arms["judge"]["model"] == "smollm2-135m-instruct"
