@@ -8,7 +8,7 @@ learning rate, on the recipe as it is now (configs/cpu-smollm2-compare.yaml, bf1
 IPO at β ∈ {0.003, 0.01, 0.03}, the chosen point included so that every score below comes from one precision and
 one machine. Each point trains iteration 1 on the SPPO arm's iteration-1 rows (compare.sweep) and is scored by its
 π_1's committee win rate against π₀ on the 40 validation prompts (not the evaluation prompts). Prints one row per
-point and whether a point past the edge beats the chosen one; writes
+point and whether a point past the edge beats the sweep's pick (compare.TUNED takes the best of them); writes
 benchmarks/results/baseline_grid_edges-seed<seed>-<hw>.json. Resumable; --reuse-sppo takes a finished SPPO arm
 (e.g. notebook 05's outputs/05_evaluation/compare/sppo at the same seed) instead of training one.
 """
@@ -26,7 +26,8 @@ from common import hardware, processor, versions
 from sppo_lite import compare, loop
 
 ROOT = Path(__file__).resolve().parent.parent
-GRID = {"dpo": (0.3, 1.0, 3.0), "ipo": (0.003, 0.01, 0.03)}  # the chosen β (compare.TUNED) and past its edge
+SWEPT = {"dpo": 0.3, "ipo": 0.03}  # the β that smollm2_compare.py --sweep picked from {0.03, 0.1, 0.3}
+GRID = {"dpo": (0.3, 1.0, 3.0), "ipo": (0.003, 0.01, 0.03)}  # the sweep's pick and past its edge
 
 
 def main(argv=None) -> int:
@@ -58,9 +59,10 @@ def main(argv=None) -> int:
           f"{minutes:.1f} min")
     verdicts = {}
     for arm, pts in points.items():
-        chosen_beta = compare.TUNED[arm]["beta"]
+        chosen_beta = SWEPT[arm]
         for p in pts:
-            mark = "  (compare.TUNED)" if p["beta"] == chosen_beta else ""
+            mark = "".join(f"  ({name})" for name, b in (("the sweep's pick", chosen_beta),
+                                                         ("compare.TUNED", compare.TUNED[arm]["beta"])) if p["beta"] == b)
             print(f"{compare.ARM_NAMES[arm]:<14} β {p['beta']:<6g} lr {p['learning_rate']:g}: π_1 vs π₀ "
                   f"{p['win_rate']:.1f} [{p['win_rate_ci'][0]:.1f}, {p['win_rate_ci'][1]:.1f}]{mark}")
         best = compare.best_point(pts)

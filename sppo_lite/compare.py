@@ -55,9 +55,10 @@ def smoke_config(overrides=()) -> dict:
 ARMS = ("sppo", "dpo", "ipo")
 ARM_NAMES = {"sppo": "SPPO", "dpo": "iterative DPO", "ipo": "iterative IPO"}  # plots.style_for reads these names
 
-# The baselines' settings on configs/cpu-smollm2-compare.yaml: the best point of each one's β × lr sweep on
-# iteration 1 (benchmarks/smollm2_compare.py --sweep, seed 0; the grid and its scores are in docs/recipes.md).
-TUNED = {"dpo": {"beta": 0.3, "learning_rate": 5e-4}, "ipo": {"beta": 0.03, "learning_rate": 5e-4}}
+# The baselines' settings on configs/cpu-smollm2-compare.yaml: each one's learning rate is the best point of its
+# β × lr sweep on iteration 1 (benchmarks/smollm2_compare.py --sweep, seed 0), its β the best of that sweep's β and
+# one step past the grid's edge at that learning rate (benchmarks/baseline_grid_edges.py); scores in docs/recipes.md.
+TUNED = {"dpo": {"beta": 0.3, "learning_rate": 5e-4}, "ipo": {"beta": 0.003, "learning_rate": 5e-4}}
 
 
 def eval_generation(config: Mapping) -> dict:

@@ -97,14 +97,22 @@ def test_an_arm_is_one_of_the_three_losses():
     assert (cfg["train"]["loss_type"], cfg["train"]["beta"], cfg["train"]["learning_rate"]) == ("ipo", 0.3, 1e-4)
 
 
-def test_the_tuned_baselines_are_the_best_points_of_the_recorded_sweep():
+def test_the_tuned_baselines_are_the_best_points_of_the_recorded_sweep_and_its_edges():
+    """lr: the best point of the 3 × 3 sweep; β: the best at that lr of the sweep's pick and one step past its edge."""
     import json
     from pathlib import Path
 
     results = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
     record = json.loads(sorted(results.glob("smollm2_compare-seed0-fp32-*.json"))[0].read_text())  # the sweep ran in fp32
+    edges = json.loads(sorted(results.glob("baseline_grid_edges-seed0-*.json"))[0].read_text())
     for arm in ("dpo", "ipo"):
         points = record["sweeps"][arm]
         assert len({p["beta"] for p in points}) >= 3 and len({p["learning_rate"] for p in points}) >= 3
-        best = max(points, key=lambda p: p["win_rate"])
-        assert compare.TUNED[arm] == {"beta": best["beta"], "learning_rate": best["learning_rate"]} == record["chosen"][arm]
+        swept = max(points, key=lambda p: p["win_rate"])
+        assert record["chosen"][arm] == {"beta": swept["beta"], "learning_rate": swept["learning_rate"]}
+        betas = sorted({p["beta"] for p in points})
+        past_edge = [p for p in edges["points"][arm] if p["beta"] not in betas]
+        assert swept["beta"] in {p["beta"] for p in edges["points"][arm]} and past_edge  # the pick, re-scored, and beyond
+        assert all(p["learning_rate"] == swept["learning_rate"] for p in edges["points"][arm])
+        best = max(edges["points"][arm], key=lambda p: p["win_rate"])
+        assert compare.TUNED[arm] == {"beta": best["beta"], "learning_rate": swept["learning_rate"]}
