@@ -1,14 +1,16 @@
 """SPPO vs iterative DPO vs iterative IPO on SmolLM2-135M-Instruct under the committee judge, on a CPU.
 
-    HF_HUB_OFFLINE=1 python benchmarks/smollm2_compare.py --sweep --seed 0 --root outputs/compare-seed0
-    HF_HUB_OFFLINE=1 python benchmarks/smollm2_compare.py --seed 1 --root outputs/compare-seed1   # TUNED settings
+    HF_HUB_OFFLINE=1 python benchmarks/smollm2_compare.py --seed 0 --root outputs/compare-seed0   # TUNED settings
+    HF_HUB_OFFLINE=1 python benchmarks/smollm2_compare.py --sweep --seed 0 --root outputs/sweep-seed0
 
 The recipe is configs/cpu-smollm2-compare.yaml (3 iterations of 32 prompts × K = 4, LoRA). --sweep first runs
 each baseline's β × lr grid on iteration 1 (sppo_lite.compare.sweep: every point trains on the SPPO arm's
 iteration-1 rows and is scored by its π_1's win rate against π₀ on 40 validation prompts) and runs each baseline
-at its best; without it the baselines run at compare.TUNED. Then every arm's iterates are evaluated on 64 other
-held-out prompts (compare.evaluate_arms) and on the factual questions (compare.factual_arms). Prints the tables and
-each stage's time; writes benchmarks/results/smollm2_compare-seed<seed>-<hw>.json. Everything is resumable.
+at the sweep's best (at seed 0 that was IPO β 0.03, which compare.TUNED moved to 0.003 after
+benchmarks/baseline_grid_edges.py); without it the baselines run at compare.TUNED. Then every arm's iterates are
+evaluated on 64 other held-out prompts (compare.evaluate_arms) and on the factual questions (compare.factual_arms). Prints the tables and
+each stage's time; writes benchmarks/results/smollm2_compare-seed<seed>[-sweep]-<hw>.json (-sweep: a --sweep run,
+so it never overwrites a TUNED run's record). Everything is resumable.
 
     python benchmarks/smollm2_compare.py --table benchmarks/results/smollm2_compare-seed1-cpu-x86_64-2threads.json
 
@@ -115,7 +117,7 @@ def main(argv=None) -> int:
     for key, per in result["head_to_head"].items():
         r = per[T]
         print(f"{key} at iteration {T}: {r['win_rate']:.1f} [{r['win_rate_ci'][0]:.1f}, {r['win_rate_ci'][1]:.1f}]")
-    path = ROOT / "benchmarks" / "results" / f"smollm2_compare-seed{args.seed}-{hw}.json"
+    path = ROOT / "benchmarks" / "results" / f"smollm2_compare-seed{args.seed}{'-sweep' if args.sweep else ''}-{hw}.json"
     path.write_text(json.dumps({
         "hardware": hw, "processor": processor(), "versions": versions(), "args": vars(args), "betas": BETAS, "learning_rates": LRS,
         "load_average": os.getloadavg()[0], "minutes": {"arms": round(trained / 60, 1), "evaluation": round(evaluated / 60, 1)},

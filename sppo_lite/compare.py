@@ -3,7 +3,8 @@
     COMPARE_RECIPE    configs/cpu-smollm2-compare.yaml: SmolLM2-135M-Instruct, the committee judge, 3 iterations
     smoke_config      that recipe at notebook 05's SMOKE size (CI)
     ARMS              the three methods, as train.loss_type names them
-    TUNED             each baseline's best (β, lr) from its iteration-1 sweep (docs/recipes.md)
+    TUNED             each baseline's lr from its iteration-1 sweep, β from that sweep's pick and one step past
+                      its edge (docs/recipes.md)
     split_prompts     held-out prompts: the first n_eval evaluate the arms, the next n_validation score the sweep
     arm_config        the recipe with one arm's loss, β and learning rate (train.* overrides)
     run_arm           `sppo-lite iterate` for one arm (loop.run_all), reusing another run's finished stages

@@ -113,6 +113,8 @@ def test_the_tuned_baselines_are_the_best_points_of_the_recorded_sweep_and_its_e
         betas = sorted({p["beta"] for p in points})
         past_edge = [p for p in edges["points"][arm] if p["beta"] not in betas]
         assert swept["beta"] in {p["beta"] for p in edges["points"][arm]} and past_edge  # the pick, re-scored, and beyond
+        assert all(p["beta"] < betas[0] or p["beta"] > betas[-1] for p in past_edge)
+        assert edges["verdicts"][arm]["chosen_beta"] == swept["beta"]
         assert all(p["learning_rate"] == swept["learning_rate"] for p in edges["points"][arm])
         best = max(edges["points"][arm], key=lambda p: p["win_rate"])
         assert compare.TUNED[arm] == {"beta": best["beta"], "learning_rate": swept["learning_rate"]}
