@@ -61,8 +61,8 @@ def main(argv=None) -> int:
     for arm, pts in points.items():
         chosen_beta = SWEPT[arm]
         for p in pts:
-            mark = "".join(f"  ({name})" for name, b in (("the sweep's pick", chosen_beta),
-                                                         ("compare.TUNED", compare.TUNED[arm]["beta"])) if p["beta"] == b)
+            mark = ("  (the sweep's pick)" if p["beta"] == chosen_beta else "") + \
+                   ("  (compare.TUNED)" if p["beta"] == compare.TUNED[arm]["beta"] else "")
             print(f"{compare.ARM_NAMES[arm]:<14} β {p['beta']:<6g} lr {p['learning_rate']:g}: π_1 vs π₀ "
                   f"{p['win_rate']:.1f} [{p['win_rate_ci'][0]:.1f}, {p['win_rate_ci'][1]:.1f}]{mark}")
         best = compare.best_point(pts)
